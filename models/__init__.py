@@ -1,0 +1,61 @@
+"""Model registry and checkpoint loading (``../shared/interface.md``, "Models" and "Files")."""
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from models.resnet import CifarResNet
+from utils.errors import UserError
+
+ARCHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
+
+
+def get_model(arch="resnet20", num_classes=10, shortcut="B", widths=None):
+    """Build a CIFAR ResNet by name; `widths` gives the inner width of every block."""
+    if arch not in ARCHS:
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return CifarResNet(ARCHS[arch], num_classes, shortcut, widths)
+
+
+def read_checkpoint(path, device="cpu", hint="python train_dense.py"):
+    """torch.load a checkpoint dict, turning a missing or corrupt file into a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; make it with: {hint}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:120]}); "
+                        f"delete it and make it again with: {hint} --force") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project (no 'model'/'arch'); "
+                        f"make it with: {hint}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    config = ckpt.get("config") or {}
+    model = get_model(ckpt["arch"], shortcut=config.get("shortcut", "B"), widths=ckpt.get("widths"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit a {ckpt['arch']} "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    return model.to(device)
+
+
+def load_checkpoint(path, device="cpu", hint="python train_dense.py"):
+    """Return (model, ckpt): the model rebuilt from `arch`, `widths` and `config`, weights loaded."""
+    ckpt = read_checkpoint(path, device, hint)
+    return model_from_checkpoint(ckpt, device), ckpt
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def prunable_weights(model):
+    """Name -> weight of every Conv2d and Linear layer (the unstructured-pruning candidates)."""
+    return {f"{name}.weight": m.weight for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}

@@ -1,0 +1,55 @@
+"""Shared test fixtures: the real CIFAR-10 slice in ../shared/data and a tiny dense run.
+
+Tests never download: every script is pointed at the slice with --no-download.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("CIFAR_SLICE", REPO.parent / "shared" / "data" / "cifar10"))
+TINY_DATA = ["--data-dir", str(DATA_DIR), "--no-download", "--device", "cpu"]
+
+
+def run_script(script, *args, check=True, timeout=600):
+    """Run an entry script as a user would; return the CompletedProcess (text mode)."""
+    cmd = [sys.executable, str(REPO / script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def assert_user_error(proc, *words):
+    """Exit code 2, exactly one line on stderr, no traceback, naming each of `words`."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    if not (DATA_DIR / "cifar-10-batches-py").is_dir():
+        pytest.fail(f"real CIFAR-10 slice not found at {DATA_DIR} (set CIFAR_SLICE)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tmp_path_factory, data_dir):
+    """A 3-epoch dense ResNet-20 on 512 real images, checkpoints at epochs 1, 2, 3.
+
+    Returns a dict of paths: root, checkpoints, results, run (checkpoints/dense).
+    Tests that need a trained network start from this instead of training their own.
+    """
+    root = tmp_path_factory.mktemp("tiny_dense")
+    ckpt, res = root / "checkpoints", root / "results"
+    run_script("train_dense.py", *TINY_DATA, "--train-subset", 512, "--test-subset", 256,
+               "--epochs", 3, "--milestones", 2, "--save-epochs", 1, 2, 3,
+               "--checkpoint-dir", ckpt, "--results-dir", res)
+    return {"root": root, "checkpoints": ckpt, "results": res, "run": ckpt / "dense"}

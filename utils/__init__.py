@@ -1,0 +1,1 @@
+"""Reusable pieces shared by every entry script: configuration, I/O, training, pruning."""

@@ -1,0 +1,24 @@
+"""User errors: one line on stderr, exit code 2, never a traceback."""
+import functools
+import sys
+
+
+class UserError(Exception):
+    """Something the user can fix (missing file, bad value); the message says what to run."""
+
+
+def cli_main(main):
+    """Wrap an entry script's main(): a UserError ends the process with one line and exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

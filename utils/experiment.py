@@ -1,0 +1,64 @@
+"""Scaffolding shared by the task scripts: common flags, set-up, folder names, validation."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data import load_from_config
+from utils.config import (DataConfig, RunConfig, TrainConfig, add_dataclass_args, as_dict,
+                          from_args, make_parser)
+from utils.errors import UserError
+from utils.train import select_device
+
+
+def task_parser(description, **train_defaults):
+    """A parser with the flags every entry script takes plus the retraining recipe."""
+    parser = make_parser(description)
+    add_dataclass_args(parser, DataConfig, "data")
+    add_dataclass_args(parser, RunConfig, "run")
+    add_dataclass_args(parser, TrainConfig, "(re)training recipe", **train_defaults)
+    return parser
+
+
+@dataclass
+class Setup:
+    data: DataConfig
+    run: RunConfig
+    hp: TrainConfig
+    device: torch.device
+    train: object  # data.CifarSplit
+    test: object
+
+    @property
+    def checkpoint_dir(self):
+        return Path(self.run.checkpoint_dir)
+
+    @property
+    def results_dir(self):
+        return Path(self.run.results_dir)
+
+    def config(self, **extra):
+        """The run's settings as one JSON-ready dict (saved in checkpoints and summaries)."""
+        return as_dict(self.data, self.run, self.hp) | extra
+
+
+def task_setup(args, load_data=True):
+    """Validate the common flags, pick the device, load the data onto it."""
+    data_cfg, run_cfg, hp = (from_args(c, args) for c in (DataConfig, RunConfig, TrainConfig))
+    hp.validate()
+    device = select_device(run_cfg.device)
+    train, test = load_from_config(data_cfg, device) if load_data else (None, None)
+    return Setup(data_cfg, run_cfg, hp, device, train, test)
+
+
+def pct_name(fraction, prefix):
+    """Folder name for a fraction, 100·f in %g format: pct_name(0.5, 'sparsity') = 'sparsity_50'."""
+    return f"{prefix}_{100 * fraction:g}"
+
+
+def check_fractions(values, flag):
+    """Sorted unique fractions in [0, 1), or a UserError naming the flag."""
+    bad = [v for v in values if not 0 <= v < 1]
+    if bad or not values:
+        raise UserError(f"{flag} takes fractions in [0, 1) (0.9 = 90% removed), got {values}")
+    return sorted(set(values))

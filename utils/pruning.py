@@ -1,0 +1,102 @@
+"""Unstructured masks over the prunable weights (every Conv2d and Linear weight).
+
+A mask is a plain dict: parameter name -> float 0/1 tensor shaped like the weight (1 = kept).
+Pruning counts are exact: sparsity s of N candidates zeroes exactly round(s·N) weights, the
+smallest |w| first, ties broken by position (layer order, then flat index), so the same weights
+always give the same mask.
+"""
+import torch
+
+from models import prunable_weights
+
+
+def num_to_prune(sparsity, n):
+    return int(round(sparsity * n))
+
+
+def _rank_mask(scores, k):
+    """0/1 mask zeroing the k lowest scores; stable sort breaks ties by position."""
+    keep = torch.ones_like(scores)
+    keep[torch.argsort(scores, stable=True)[:k]] = 0
+    return keep
+
+
+def _magnitude_scores(weights, mask):
+    """|w| in float64, with already-pruned entries forced to -1 so they stay pruned first."""
+    scores = {n: w.detach().abs().double().cpu().flatten() for n, w in weights.items()}
+    if mask is not None:
+        for n in scores:
+            scores[n][mask[n].cpu().flatten() == 0] = -1.0
+    return scores
+
+
+def global_magnitude_mask(weights, sparsity, mask=None):
+    """Exact global top-k over |w| across all `weights` (name -> tensor).
+
+    With `mask`, its zeros stay zeros (a later mask only removes more), so `sparsity` must be at
+    least the mask's own.
+    """
+    scores = _magnitude_scores(weights, mask)
+    flat = torch.cat(list(scores.values()))
+    keep = _rank_mask(flat, num_to_prune(sparsity, flat.numel()))
+    out, start = {}, 0
+    for n, w in weights.items():
+        out[n] = keep[start:start + w.numel()].view(w.shape).float()
+        start += w.numel()
+    return out
+
+
+def layerwise_magnitude_mask(weights, sparsity, mask=None):
+    """The same fraction pruned from every layer separately (round(s·n_layer) each)."""
+    scores = _magnitude_scores(weights, mask)
+    return {n: _rank_mask(scores[n], num_to_prune(sparsity, w.numel())).view(w.shape).float()
+            for n, w in weights.items()}
+
+
+def random_mask_like(mask, generator):
+    """A random mask with exactly the per-layer zero counts of `mask` (the random-ticket control)."""
+    out = {}
+    for n, m in mask.items():
+        zeros = int((m == 0).sum())
+        keep = torch.ones(m.numel())
+        keep[torch.randperm(m.numel(), generator=generator)[:zeros]] = 0
+        out[n] = keep.view(m.shape)
+    return out
+
+
+def combine(*masks):
+    """Elementwise product: an entry is kept only where every mask keeps it."""
+    out = {n: m.clone().float() for n, m in masks[0].items()}
+    for other in masks[1:]:
+        for n in out:
+            out[n] = out[n] * other[n].to(out[n].device)
+    return out
+
+
+@torch.no_grad()
+def apply_mask(model, mask):
+    """Zero the pruned weights of `model` in place."""
+    params = dict(model.named_parameters())
+    for n, m in mask.items():
+        params[n].mul_(m.to(params[n].device, params[n].dtype))
+    return model
+
+
+def sparsity(mask):
+    """Overall fraction of entries removed."""
+    zeros = sum(int((m == 0).sum()) for m in mask.values())
+    return zeros / sum(m.numel() for m in mask.values())
+
+
+def sparsity_report(mask):
+    """Per-layer and overall counts, JSON-ready."""
+    layers = {n: {"total": m.numel(), "zeros": int((m == 0).sum()),
+                  "sparsity": int((m == 0).sum()) / m.numel()} for n, m in mask.items()}
+    total = sum(v["total"] for v in layers.values())
+    zeros = sum(v["zeros"] for v in layers.values())
+    return {"overall": {"total": total, "zeros": zeros, "sparsity": zeros / total}, "layers": layers}
+
+
+def model_weights(model):
+    """The prunable weights of `model` (name -> tensor), the input of the mask functions."""
+    return prunable_weights(model)
