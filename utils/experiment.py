@@ -37,6 +37,11 @@ class Setup:
     def results_dir(self):
         return Path(self.run.results_dir)
 
+    def train_kwargs(self):
+        """Extra keyword arguments every script passes to `train_run` (e.g. adversarial
+        training's `perturb` and `extra_metrics`, set by flags added in `task_parser`)."""
+        return {}
+
     def config(self, **extra):
         """The run's settings as one JSON-ready dict (saved in checkpoints and summaries)."""
         return as_dict(self.data, self.run, self.hp) | extra
