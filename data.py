@@ -5,7 +5,7 @@ folder is missing it is downloaded (official archive, MD5-checked by torchvision
 `no_download`; a folder already there is read as it is, without checksum checks.
 
 Augmentation is torchvision's `RandomCrop(32, padding=4)` + `RandomHorizontalFlip()`, drawn per
-sample and per epoch, done for the whole split in one gather on the device. Random numbers come
+sample and per epoch, done for the whole split in two gathers on the device. Random numbers come
 from CPU generators, so the same seed gives the same order and crops on every device.
 """
 import pickle
@@ -87,7 +87,7 @@ def load_from_config(data_config, device):
 
 
 def augment(images, generator):
-    """Random crop with zero padding 4 and horizontal flip, per sample, in one gather.
+    """Random crop with zero padding 4 and horizontal flip, per sample, in two gathers.
 
     `images` is uint8 (N, 3, 32, 32) on any device; the offsets and flips are drawn on the CPU
     from `generator` (same distribution as torchvision: offsets uniform in 0..8, p(flip) = 0.5).
@@ -99,11 +99,10 @@ def augment(images, generator):
     dy, dx, flip = (t.to(device, non_blocking=True) for t in (dy, dx, flip))
     padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))
     ar = torch.arange(32, device=device)
-    rows = (dy[:, None] + ar)  # (N, 32)
-    cols = torch.where(flip[:, None], dx[:, None] + 31 - ar, dx[:, None] + ar)
-    idx_n = torch.arange(n, device=device)[:, None, None, None]
-    idx_c = torch.arange(3, device=device)[None, :, None, None]
-    return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+    rows = (dy[:, None] + ar)[:, None, :, None].expand(n, 3, 32, 32 + 2 * PAD)
+    cols = torch.where(flip[:, None], dx[:, None] + 31 - ar, dx[:, None] + ar)  # flip = read backwards
+    cols = cols[:, None, None, :].expand(n, 3, 32, 32)
+    return padded.gather(2, rows).gather(3, cols)  # two gathers: rows, then columns
 
 
 class CifarSplit:

@@ -12,6 +12,7 @@ per epoch, bf16 autocast on CUDA with fp32 master weights, channels_last.
 import contextlib
 import hashlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -118,6 +119,40 @@ def checkpoint(model, arch, epoch, config, **extra):
     return ckpt
 
 
+def train_epoch(model, optimizer, train, batch_size, order_gen, aug_gen, masked=None, bn_l1=0.0,
+                perturb=None, max_steps=None):
+    """One pass over `train` (or `max_steps` batches); returns the summed loss and the number
+    correct as device tensors, so the caller decides when to sync (once per epoch)."""
+    device = next(model.parameters()).device
+    bn_list = list(bn_weights(model).values())
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for step, (x, y) in enumerate(train.batches(batch_size, order_gen, aug_gen)):
+        if step == max_steps:
+            break
+        if perturb is not None:
+            x = perturb(model, x, y)
+        with autocast(device):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if bn_l1:  # network slimming: d/dγ of λ·|γ|
+            torch._foreach_add_([w.grad for w in bn_list], torch._foreach_sign(bn_list), alpha=bn_l1)
+        optimizer.step()
+        if masked is not None:
+            masked.apply()  # pruned weights stay exactly zero, momentum and decay notwithstanding
+        loss_sum += loss.detach().float() * len(y)
+        correct += (out.argmax(1) == y).sum()
+    return loss_sum, correct
+
+
+def make_optimizer(model, hp):
+    return torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum,
+                           weight_decay=hp.weight_decay)
+
+
 def _run_identity(config):
     return {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
 
@@ -158,7 +193,7 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     ckpt_dir, results_dir = Path(ckpt_dir), Path(results_dir)
     done = finished_summary(results_dir, config, force)
     if done is not None:
-        tqdm.write(f"{desc}: finished already ({results_dir}/summary.json); --force redoes it")
+        tqdm.write(f"{desc}: finished already ({results_dir}/summary.json); --force redoes it", file=sys.stderr)
         return done
     hp.validate()
     device = next(model.parameters()).device
@@ -166,8 +201,7 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     if force:
         resume_path.unlink(missing_ok=True)
     model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum,
-                                weight_decay=hp.weight_decay)
+    optimizer = make_optimizer(model, hp)
     masked = MaskedParams(model, mask or {})
     bns = bn_weights(model)
     names = {}
@@ -199,7 +233,7 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
         if perturb is not None and hasattr(perturb, "load_state_dict"):
             perturb.load_state_dict(state["perturb"])
         rows, history, start_epoch = state["rows"], state["bn_history"], state["epoch"]
-        tqdm.write(f"{desc}: resuming after epoch {start_epoch} from {resume_path}")
+        tqdm.write(f"{desc}: resuming after epoch {start_epoch} from {resume_path}", file=sys.stderr)
     else:
         masked.apply()
         t0 = time.perf_counter()
@@ -213,7 +247,6 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
 
     columns = TRAJECTORY_COLUMNS[:-1] + [k for k in rows[0] if k not in TRAJECTORY_COLUMNS] + ["seconds"]
     save_csv(rows, results_dir / "trajectory.csv", columns)
-    bn_list = list(bns.values())
     bar = tqdm(range(start_epoch + 1, hp.epochs + 1), desc=desc, unit="epoch", dynamic_ncols=True,
                initial=start_epoch, total=hp.epochs)
     for epoch in bar:
@@ -221,23 +254,8 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
         lr = hp.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for x, y in train.batches(hp.batch_size, order_gen, aug_gen):
-            if perturb is not None:
-                x = perturb(model, x, y)
-            with autocast(device):
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if bn_l1:
-                torch._foreach_add_([w.grad for w in bn_list], torch._foreach_sign(bn_list), alpha=bn_l1)
-            optimizer.step()
-            masked.apply()  # pruned weights stay exactly zero, momentum and decay notwithstanding
-            loss_sum += loss.detach().float() * len(y)
-            correct += (out.argmax(1) == y).sum()
+        loss_sum, correct = train_epoch(model, optimizer, train, hp.batch_size, order_gen, aug_gen,
+                                        masked, bn_l1, perturb)
         loss_total, correct_total = torch.stack([loss_sum, correct.double()]).tolist()
         if not math.isfinite(loss_total):
             raise UserError(f"{desc}: training diverged at epoch {epoch} (loss is {loss_total}); "
