@@ -50,7 +50,8 @@ def main(argv=None):
         ckpt_dir=setup.checkpoint_dir / args.run_name,
         results_dir=setup.results_dir / args.run_name, force=setup.run.force,
         save_as=[(0, "init.pt")] + [(e, f"epoch_{e:03d}.pt") for e in save_epochs],
-        bn_l1=args.bn_l1, weight_distance_ref=init_weights, bn_history=True, desc=args.run_name)
+        bn_l1=args.bn_l1, weight_distance_ref=init_weights, bn_history=True, desc=args.run_name,
+        **setup.train_kwargs())
     print(f"{args.run_name}: test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} "
           f"epochs, {summary['params']:,} parameters, {summary['seconds']:.0f} s")
 

@@ -5,18 +5,25 @@ from pathlib import Path
 import torch
 
 from data import load_from_config
+from utils.attacks import AdversarialConfig, adversarial_train_kwargs
 from utils.config import (DataConfig, RunConfig, TrainConfig, add_dataclass_args, as_dict,
                           from_args, make_parser)
 from utils.errors import UserError
 from utils.train import select_device
 
 
-def task_parser(description, **train_defaults):
-    """A parser with the flags every entry script takes plus the retraining recipe."""
+def task_parser(description, adversarial=True, **train_defaults):
+    """A parser with the flags every entry script takes plus the retraining recipe.
+
+    `adversarial` adds the --adv-* group (PGD adversarial training, off unless --adv-train);
+    robustness.py, which has its own attack flags, leaves it out.
+    """
     parser = make_parser(description)
     add_dataclass_args(parser, DataConfig, "data")
     add_dataclass_args(parser, RunConfig, "run")
     add_dataclass_args(parser, TrainConfig, "(re)training recipe", **train_defaults)
+    if adversarial:
+        add_dataclass_args(parser, AdversarialConfig, "adversarial training (PGD-AT)")
     return parser
 
 
@@ -28,6 +35,7 @@ class Setup:
     device: torch.device
     train: object  # data.CifarSplit
     test: object
+    adv: AdversarialConfig = None  # None or adv_train False: natural training
 
     @property
     def checkpoint_dir(self):
@@ -40,20 +48,29 @@ class Setup:
     def train_kwargs(self):
         """Extra keyword arguments every script passes to `train_run` (e.g. adversarial
         training's `perturb` and `extra_metrics`, set by flags added in `task_parser`)."""
-        return {}
+        if self.adv is None or not self.adv.adv_train:
+            return {}
+        a = self.adv
+        return adversarial_train_kwargs(self.test, self.run.seed, a.adv_eps, a.adv_step,
+                                        a.adv_steps, a.adv_monitor_subset)
 
     def config(self, **extra):
         """The run's settings as one JSON-ready dict (saved in checkpoints and summaries)."""
-        return as_dict(self.data, self.run, self.hp) | extra
+        # The --adv-* settings join the config only when on, so natural runs keep their identity.
+        adv = as_dict(self.adv) if self.adv is not None and self.adv.adv_train else {}
+        return as_dict(self.data, self.run, self.hp) | adv | extra
 
 
 def task_setup(args, load_data=True):
     """Validate the common flags, pick the device, load the data onto it."""
     data_cfg, run_cfg, hp = (from_args(c, args) for c in (DataConfig, RunConfig, TrainConfig))
     hp.validate()
+    adv = from_args(AdversarialConfig, args) if hasattr(args, "adv_train") else None
+    if adv is not None:
+        adv.validate()
     device = select_device(run_cfg.device)
     train, test = load_from_config(data_cfg, device) if load_data else (None, None)
-    return Setup(data_cfg, run_cfg, hp, device, train, test)
+    return Setup(data_cfg, run_cfg, hp, device, train, test, adv)
 
 
 def pct_name(fraction, prefix):

@@ -3,15 +3,25 @@
 A mask is a plain dict: parameter name -> float 0/1 tensor shaped like the weight (1 = kept).
 Pruning counts are exact: sparsity s of N candidates zeroes exactly round(s·N) weights, the
 smallest |w| first, ties broken by position (layer order, then flat index), so the same weights
-always give the same mask.
+always give the same mask. BatchNorm parameters and biases are never candidates.
 """
+import hashlib
+
 import torch
 
 from models import prunable_weights
+from utils.errors import UserError
+
+SCOPES = ("global", "layerwise")
 
 
 def num_to_prune(sparsity, n):
     return int(round(sparsity * n))
+
+
+def _check_sparsity(sparsity):
+    if not 0 <= sparsity <= 1:
+        raise UserError(f"sparsity must be a fraction in [0, 1] (0.9 = 90% removed), got {sparsity}")
 
 
 def _rank_mask(scores, k):
@@ -30,15 +40,29 @@ def _magnitude_scores(weights, mask):
     return scores
 
 
+def _check_only_removes_more(mask, name, k, n_total):
+    """A later mask only removes more: asking for fewer zeros than `mask` has is refused."""
+    already = sum(int((mask[n] == 0).sum()) for n in name)
+    if already > k:
+        where = "" if len(name) > 1 else f" in {name[0]}"
+        raise UserError(f"the existing mask already removes {already} of {n_total} weights{where}; "
+                        f"a sparsity that removes only {k} would bring pruned weights back "
+                        "(a later mask only removes more): ask for a higher sparsity")
+
+
 def global_magnitude_mask(weights, sparsity, mask=None):
     """Exact global top-k over |w| across all `weights` (name -> tensor).
 
     With `mask`, its zeros stay zeros (a later mask only removes more), so `sparsity` must be at
     least the mask's own.
     """
+    _check_sparsity(sparsity)
     scores = _magnitude_scores(weights, mask)
     flat = torch.cat(list(scores.values()))
-    keep = _rank_mask(flat, num_to_prune(sparsity, flat.numel()))
+    k = num_to_prune(sparsity, flat.numel())
+    if mask is not None:
+        _check_only_removes_more(mask, list(weights), k, flat.numel())
+    keep = _rank_mask(flat, k)
     out, start = {}, 0
     for n, w in weights.items():
         out[n] = keep[start:start + w.numel()].view(w.shape).float()
@@ -48,9 +72,24 @@ def global_magnitude_mask(weights, sparsity, mask=None):
 
 def layerwise_magnitude_mask(weights, sparsity, mask=None):
     """The same fraction pruned from every layer separately (round(s·n_layer) each)."""
+    _check_sparsity(sparsity)
     scores = _magnitude_scores(weights, mask)
-    return {n: _rank_mask(scores[n], num_to_prune(sparsity, w.numel())).view(w.shape).float()
-            for n, w in weights.items()}
+    out = {}
+    for n, w in weights.items():
+        k = num_to_prune(sparsity, w.numel())
+        if mask is not None:
+            _check_only_removes_more(mask, [n], k, w.numel())
+        out[n] = _rank_mask(scores[n], k).view(w.shape).float()
+    return out
+
+
+def magnitude_mask(weights, sparsity, scope="global", mask=None):
+    """Magnitude pruning of `weights` at `sparsity`, over all layers at once or layer by layer."""
+    if scope == "global":
+        return global_magnitude_mask(weights, sparsity, mask)
+    if scope == "layerwise":
+        return layerwise_magnitude_mask(weights, sparsity, mask)
+    raise UserError(f"unknown pruning scope {scope!r}; choose one of {', '.join(SCOPES)}")
 
 
 def random_mask_like(mask, generator):
@@ -97,6 +136,27 @@ def sparsity_report(mask):
     return {"overall": {"total": total, "zeros": zeros, "sparsity": zeros / total}, "layers": layers}
 
 
+def format_report(report):
+    """The sparsity report as an aligned text table (one line per layer, then the total)."""
+    rows = list(report["layers"].items()) + [("overall", report["overall"])]
+    width = max(len(n) for n, _ in rows)
+    lines = [f"  {'layer':<{width}}  {'zeros':>8} / {'total':<8} sparsity"]
+    lines += [f"  {n:<{width}}  {v['zeros']:>8} / {v['total']:<8} {100 * v['sparsity']:6.2f}%"
+              for n, v in rows]
+    return "\n".join(lines)
+
+
 def model_weights(model):
     """The prunable weights of `model` (name -> tensor), the input of the mask functions."""
     return prunable_weights(model)
+
+
+def weights_fingerprint(state_dict):
+    """SHA-256 of a state_dict's names and values: tells whether two checkpoints hold the same
+    weights, so a finished run made from other weights is not mistaken for this one."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

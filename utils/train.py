@@ -228,8 +228,8 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
         check_same_run(state["config"], config, "the interrupted run", ckpt_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        order_gen.set_state(state["order_gen"])
-        aug_gen.set_state(state["aug_gen"])
+        order_gen.set_state(state["order_gen"].cpu())  # map_location moved it; generators are CPU
+        aug_gen.set_state(state["aug_gen"].cpu())
         if perturb is not None and hasattr(perturb, "load_state_dict"):
             perturb.load_state_dict(state["perturb"])
         rows, history, start_epoch = state["rows"], state["bn_history"], state["epoch"]

@@ -1,0 +1,224 @@
+"""Task 4: Early-Bird tickets, channels pruned by BatchNorm scaling factors early in training.
+
+    python early_bird.py                                  # tickets at epochs 10 30 50 100, ratios 0.3 0.5
+    python early_bird.py --ticket-epochs auto             # tickets at the detected Early-Bird epoch
+    python early_bird.py --retrain-from scratch           # same compact nets, fresh initialisation
+    python early_bird.py --detect-only                    # only detection.json and the distance CSVs
+
+Reads the dense run (train_dense.py): its epoch_EEE.pt checkpoints and bn_history.pt. Writes
+checkpoints/early_bird/epoch_EEE/ratio_R/{compact.pt,final.pt},
+results/early_bird/epoch_EEE/ratio_R/trajectory.csv, results/early_bird/summary.csv,
+results/early_bird/detection.json and mask_distance_ratio_R.csv; see docs/readme/task4.md.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+from models import count_params, load_checkpoint, get_model, read_checkpoint
+from utils.channels import (block_gammas, compact_model, count_flops, forward_seconds,
+                            prunable_bn_names, select_channels)
+from utils.early_bird import check_detector, detect, load_bn_history, write_detection
+from utils.errors import UserError, cli_main
+from utils.experiment import check_fractions, pct_name, task_parser, task_setup
+from utils.io import save_csv
+from utils.train import evaluate, seeded, train_run
+
+CIFAR10_TRAIN_IMAGES = 50000  # images per dense epoch when the dense run used them all
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward ≈ 3 forward passes (backward: grads of inputs and weights)
+SUMMARY_COLUMNS = [
+    "ticket_epoch", "ratio", "dense_acc", "pruned_acc", "retrained_acc", "params", "flops",
+    "dense_epoch_acc", "start_acc", "retrain_from", "channels_kept", "channels_total",
+    "forced_channels", "dense_params", "dense_flops", "params_ratio", "flops_ratio",
+    "train_flops", "dense_train_flops", "train_flops_ratio", "dense_forward_ms",
+    "forward_ms", "speedup", "speed_device"]
+
+
+def parse_args(argv):
+    parser = task_parser(__doc__.splitlines()[0])
+    parser.add_argument("--dense-run", default=None,
+                        help="folder of the dense run (train_dense.py); default <checkpoint-dir>/dense")
+    parser.add_argument("--ticket-epochs", nargs="+", default=["10", "30", "50", "100"],
+                        help="dense epochs to draw tickets at, or 'auto' = the detected Early-Bird epoch per ratio")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5],
+                        help="fractions of the prunable channels removed")
+    parser.add_argument("--retrain-from", choices=("ticket", "scratch"), default="ticket",
+                        help="ticket: the pruned weights; scratch: the compact net freshly initialised")
+    parser.add_argument("--eb-eps", type=float, default=0.1,
+                        help="Early-Bird threshold on the mask distance")
+    parser.add_argument("--eb-window", type=int, default=5,
+                        help="masks compared: the newest and the window-1 before it")
+    parser.add_argument("--detect-only", action="store_true",
+                        help="write detection.json and the distance matrices, then stop")
+    parser.add_argument("--run-name", default=None,
+                        help="output folder name; default early_bird, plus _<dense run name> for a "
+                             "dense run not named dense, plus _scratch with --retrain-from scratch")
+    parser.add_argument("--speed-batch", type=int, default=128, help="batch size of the timed forward pass")
+    parser.add_argument("--speed-repeats", type=int, default=10, help="timed forward passes per network")
+    return parser.parse_args(argv)
+
+
+def dense_hint(dense_run):
+    """The train_dense.py command that makes (or finishes) the dense run at `dense_run`."""
+    run = Path(dense_run)
+    cmd = "python train_dense.py"
+    if run.parent != Path("checkpoints"):
+        cmd += f" --checkpoint-dir {run.parent}"
+    if run.name != "dense":
+        cmd += f" --run-name {run.name}"
+    return cmd
+
+
+def parse_ticket_epochs(values):
+    """Ints >= 0, or None for 'auto'."""
+    if [v.lower() for v in values] == ["auto"]:
+        return None
+    try:
+        epochs = sorted({int(v) for v in values})
+    except ValueError:
+        raise UserError(f"--ticket-epochs takes epoch numbers or the single word auto, got {values}") from None
+    if epochs[0] < 0:
+        raise UserError(f"--ticket-epochs must be >= 0, got {values}")
+    return epochs
+
+
+def dense_checkpoint(dense_run, epoch):
+    return Path(dense_run) / ("init.pt" if epoch == 0 else f"epoch_{epoch:03d}.pt")
+
+
+def check_dense_checkpoints(dense_run, epochs, final_epoch, hint):
+    """Every checkpoint a ticket needs, checked before any work starts."""
+    if not dense_checkpoint(dense_run, final_epoch).is_file():
+        raise UserError(f"dense run {dense_run} is unfinished (no {dense_checkpoint(dense_run, final_epoch).name}); "
+                        f"finish it with: {hint}")
+    late = [e for e in epochs if e > final_epoch]
+    if late:
+        raise UserError(f"--ticket-epochs {late} lie beyond the dense run's {final_epoch} epochs")
+    missing = [e for e in epochs if not dense_checkpoint(dense_run, e).is_file()]
+    if missing:
+        keep = " ".join(map(str, sorted(set(epochs) | {final_epoch})))
+        raise UserError(f"dense run {dense_run} saved no checkpoint at epoch(s) {missing}; retrain it "
+                        f"saving them: {hint} --save-epochs {keep} --force")
+
+
+def training_flops(epochs, images, forward_flops):
+    return epochs * images * TRAIN_FLOPS_PER_FORWARD * forward_flops
+
+
+@cli_main
+def main(argv=None):
+    args = parse_args(argv)
+
+    # Step 1: flags and the dense run (checked before any data is loaded).
+    ratios = check_fractions(args.ratios, "--ratios")
+    ticket_epochs = parse_ticket_epochs(args.ticket_epochs)
+    check_detector(args.eb_eps, args.eb_window)
+    if args.speed_batch < 1 or args.speed_repeats < 1:
+        raise UserError("--speed-batch and --speed-repeats must be >= 1")
+    dense_run = Path(args.dense_run or Path(args.checkpoint_dir) / "dense")
+    hint = dense_hint(dense_run)
+    if not dense_run.is_dir():
+        raise UserError(f"dense run {dense_run} not found; train it first: {hint}")
+    dense_config = read_checkpoint(dense_run / "init.pt", hint=hint).get("config") or {}
+    history = load_bn_history(dense_run / "bn_history.pt", hint)
+    arch, shortcut = dense_config.get("arch", "resnet20"), dense_config.get("shortcut", "B")
+    full_names = prunable_bn_names(n for n, m in get_model(arch, shortcut=shortcut).named_modules())
+    if prunable_bn_names(history) != full_names:
+        raise UserError(f"{dense_run}/bn_history.pt does not belong to a {arch}; "
+                        f"make it again with: {hint} --force")
+    final_epoch = int(dense_config.get("epochs", len(next(iter(history.values()))) - 1))
+    name = args.run_name or ("early_bird" + ("" if dense_run.name == "dense" else f"_{dense_run.name}")
+                             + ("_scratch" if args.retrain_from == "scratch" else ""))
+    ckpt_root, res_root = Path(args.checkpoint_dir) / name, Path(args.results_dir) / name
+    if ticket_epochs is not None and not args.detect_only:  # fail before writing anything
+        check_dense_checkpoints(dense_run, ticket_epochs, final_epoch, hint)
+
+    # Step 2: Early-Bird detection from the γ history alone.
+    detection, matrices = detect(history, ratios, args.eb_eps, args.eb_window)
+    write_detection(detection, matrices, res_root)
+    found = {r: detection["ratios"][f"{r:g}"]["eb_epoch"] for r in ratios}
+    print("Early-Bird epoch (eps %g, window %d): %s" % (args.eb_eps, args.eb_window, ", ".join(
+        f"ratio {r:g} -> {e if e is not None else 'none'}" for r, e in found.items())))
+    if args.detect_only:
+        return
+
+    # Step 3: the tickets to draw, (epoch, ratio); every checkpoint they need must exist.
+    if ticket_epochs is None:
+        tickets = sorted((e, r) for r, e in found.items() if e is not None)
+        if not tickets:
+            raise UserError(f"no Early-Bird epoch detected for any ratio within {len(history[full_names[0]])} "
+                            f"epochs (eps {args.eb_eps:g}, window {args.eb_window}); pass --ticket-epochs "
+                            "or a larger --eb-eps")
+        for r in [r for r, e in found.items() if e is None]:
+            print(f"note: no Early-Bird epoch for ratio {r:g}; skipped (raise --eb-eps or pass "
+                  "--ticket-epochs)", file=sys.stderr)
+        check_dense_checkpoints(dense_run, sorted({e for e, _ in tickets}), final_epoch, hint)
+    else:  # explicit epochs: their checkpoints were checked in Step 1
+        tickets = [(e, r) for e in ticket_epochs for r in ratios]
+
+    # Step 4: data, and the trained dense network: accuracy, size, cost, timing reference.
+    setup = task_setup(args)
+    device, seed = setup.device, setup.run.seed
+    dense, _ = load_checkpoint(dense_checkpoint(dense_run, final_epoch), device, hint)
+    dense_acc = evaluate(dense, setup.test)[1]
+    dense_params, dense_flops = count_params(dense), count_flops(dense)
+    dense_images = dense_config.get("train_subset") or CIFAR10_TRAIN_IMAGES
+    dense_train_flops = training_flops(final_epoch, dense_images, dense_flops)
+    dense.to(memory_format=torch.channels_last)  # the layout training and evaluation use
+    speed_x = seeded(lambda: torch.rand(args.speed_batch, 3, 32, 32), seed, "speed").to(
+        device, memory_format=torch.channels_last)
+    print(f"dense {arch} (epoch {final_epoch}): {dense_acc:.2f}%, {dense_params:,} params, "
+          f"{dense_flops / 1e6:.1f} MFLOPs/image")
+
+    # Step 5: per ticket: select channels, build the compact net, measure it, retrain it.
+    rows, ticket_model, ticket_at = [], None, None
+    for epoch, ratio in tickets:
+        if ticket_at != epoch:
+            ticket_model, _ = load_checkpoint(dense_checkpoint(dense_run, epoch), device, hint)
+            ticket_at, dense_epoch_acc = epoch, evaluate(ticket_model, setup.test)[1]
+        selection = select_channels(block_gammas(ticket_model), ratio)
+        widths = selection.widths
+        compact = compact_model(ticket_model, selection.keep)
+        pruned_acc = evaluate(compact, setup.test)[1]
+        params, flops = count_params(compact), count_flops(compact)
+        dense_s, compact_s = forward_seconds(
+            [dense, compact.to(memory_format=torch.channels_last)], speed_x, args.speed_repeats)
+        if args.retrain_from == "scratch":  # same widths, a seeded fresh initialisation
+            compact = seeded(lambda: get_model(arch, shortcut=shortcut, widths=widths), seed, "scratch").to(device)
+
+        sub = Path(f"epoch_{epoch:03d}") / pct_name(ratio, "ratio")
+        config = setup.config(arch=arch, shortcut=shortcut, dense_run=str(dense_run), ticket_epoch=epoch,
+                              ratio=ratio, retrain_from=args.retrain_from, widths=widths)
+        channels = {p: i for p, i in zip(
+            [n[:-len(".bn1")] for n in full_names], selection.indices())}
+        summary = train_run(
+            compact, setup.train, setup.test, setup.hp, arch=arch, config=config, seed=seed,
+            ckpt_dir=ckpt_root / sub, results_dir=res_root / sub, force=setup.run.force,
+            save_as=[(0, "compact.pt"), (setup.hp.epochs, "final.pt")],
+            checkpoint_extra={"widths": widths, "channels": channels},
+            desc=f"epoch {epoch} ratio {ratio:g}", **setup.train_kwargs())
+
+        train_flops = (training_flops(epoch, dense_images, dense_flops)
+                       + training_flops(setup.hp.epochs, len(setup.train), flops))
+        rows.append({
+            "ticket_epoch": epoch, "ratio": ratio, "dense_acc": dense_acc, "pruned_acc": pruned_acc,
+            "retrained_acc": summary["test_acc"], "params": params, "flops": flops,
+            "dense_epoch_acc": dense_epoch_acc, "start_acc": summary["start_test_acc"],
+            "retrain_from": args.retrain_from, "channels_kept": selection.kept,
+            "channels_total": selection.total, "forced_channels": selection.forced,
+            "dense_params": dense_params, "dense_flops": dense_flops,
+            "params_ratio": params / dense_params, "flops_ratio": flops / dense_flops,
+            "train_flops": train_flops, "dense_train_flops": dense_train_flops,
+            "train_flops_ratio": train_flops / dense_train_flops,
+            "dense_forward_ms": 1e3 * dense_s, "forward_ms": 1e3 * compact_s,
+            "speedup": dense_s / compact_s, "speed_device": str(device)})
+        save_csv(rows, res_root / "summary.csv", SUMMARY_COLUMNS)
+        print(f"epoch {epoch} ratio {ratio:g}: pruned {pruned_acc:.2f}% -> retrained "
+              f"{summary['test_acc']:.2f}% (dense {dense_acc:.2f}%), {params / dense_params:.2f}x params, "
+              f"{flops / dense_flops:.2f}x FLOPs, {dense_s / compact_s:.2f}x faster, "
+              f"{train_flops / dense_train_flops:.2f}x training FLOPs")
+    print(f"summary: {res_root / 'summary.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Assemble the hand-in: results/report.pdf (set-up, paper summaries, tables, figures, analysis)
+and results/code.zip (the tracked source), from the files in results/ alone.
+
+    python make_report.py
+    python make_report.py --results-dir /tmp/r --papers docs/papers.md
+
+Also writes results/report.md, the same text and tables as the PDF in Markdown. Every number is
+computed from the results when the report is made; a missing part is noted, not invented.
+"""
+from pathlib import Path
+
+from utils.config import make_parser
+from utils.errors import UserError, cli_main
+from utils.report import write_code_zip, write_report
+
+REPO = Path(__file__).resolve().parent
+
+
+def parse_args(argv):
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", default="results", help="where the task scripts wrote CSV / JSON; "
+                        "report.pdf, report.md and code.zip go there too")
+    parser.add_argument("--papers", default=str(REPO / "docs" / "papers.md"),
+                        help="Markdown file with the Task 1 paper summaries")
+    parser.add_argument("--no-zip", action="store_true", help="write the report only, not code.zip")
+    return parser.parse_args(argv)
+
+
+@cli_main
+def main(argv=None):
+    args = parse_args(argv)
+    results_dir = Path(args.results_dir)
+    if not results_dir.is_dir():
+        raise UserError(f"no results folder {results_dir}; run python run_all.py (or the task scripts) "
+                        "first, or pass --results-dir")
+
+    # Step 1: the report, rebuilt from results/ (PDF plus its Markdown twin).
+    pdf_path, md_path = results_dir / "report.pdf", results_dir / "report.md"
+    doc, pages, skipped = write_report(results_dir, args.papers, pdf_path, md_path)
+    for line in skipped.values():
+        print(line)
+    print(f"wrote {pdf_path} ({pages} pages, {len(doc.tables)} tables) and {md_path}")
+
+    # Step 2: the code, tracked source only.
+    if not args.no_zip:
+        names = write_code_zip(REPO, results_dir / "code.zip")
+        print(f"wrote {results_dir / 'code.zip'} ({len(names)} files)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""plot_results.py and make_report.py on a small fixture results tree (tests/fixtures/results_tree.py):
+every figure drawn from the right numbers, the report's tables and analysis equal to the CSVs,
+missing inputs skipped with the command that makes them, and the code zip holding source only."""
+import re
+import shutil
+import subprocess
+import zipfile
+
+import matplotlib
+import numpy as np
+import pytest
+
+from conftest import REPO, assert_user_error, run_script
+from fixtures.results_tree import DENSE_ACC, EARLY_BIRD, LOTTERY, MAGNITUDE, TICKET_EPOCHS, make_results_tree
+from utils.plots import FIGURES, Results, fig_accuracy_vs_sparsity, fig_early_bird_accuracy, fig_mask_distance
+
+matplotlib.use("Agg")
+
+FIGURE_NAMES = {f.name for f in FIGURES}
+
+
+def md_table(md, name):
+    """Rows (lists of cells) of the Markdown table the report labels `Table (name):`."""
+    lines = md.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"Table ({name}):"))
+    rows = []
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return rows[0], rows[2:]  # header, body (after the |---| line)
+
+
+def pdf_pages(path):
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    return len(re.findall(rb"/Type\s*/Page\b(?!s)", data))
+
+
+@pytest.fixture()
+def results(tmp_path):
+    return make_results_tree(tmp_path / "results")
+
+
+def test_plot_results_writes_every_figure(results, tmp_path):
+    plots = tmp_path / "plots"
+    proc = run_script("plot_results.py", "--results-dir", results, "--plots-dir", plots)
+    # the fixture has no random-mask control, so exactly that figure is skipped
+    drawn = FIGURE_NAMES - {"lottery_control_random_trajectories"}
+    assert {p.stem for p in plots.glob("*.png")} == drawn
+    assert {p.stem for p in plots.glob("*.pdf")} == drawn
+    for name in drawn:
+        assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (plots / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert f"{len(drawn)} of {len(FIGURES)} figures written" in proc.stdout
+    assert "skipped lottery_control_random_trajectories" in proc.stdout
+    assert "python lottery_imp.py --controls random" in proc.stdout
+    assert not list(plots.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def _line(ax, label):
+    hits = [ln for ln in ax.get_lines() if ln.get_label() == label]
+    assert len(hits) == 1, [ln.get_label() for ln in ax.get_lines()]
+    return hits[0]
+
+
+def test_figures_plot_the_csv_numbers(results):
+    res = Results(results)
+    ax = fig_accuracy_vs_sparsity(res).axes[0]
+    mag = _line(ax, "magnitude pruned + retrained (Task 2)")
+    assert list(mag.get_xdata()) == [50, 70, 90]
+    assert list(mag.get_ydata()) == [r for _, _, r in MAGNITUDE]
+    assert list(_line(ax, "magnitude pruned, not retrained").get_ydata()) == [p for _, p, _ in MAGNITUDE]
+    assert list(_line(ax, "IMP ticket, trained (Task 3)").get_ydata()) == [r[4] for r in LOTTERY if r[0] == "imp"]
+    assert list(_line(ax, "control: same mask, re-initialised").get_xdata()) == [90]
+    assert _line(ax, f"dense ({DENSE_ACC:.2f}%)").get_ydata()[0] == DENSE_ACC
+
+    ax = fig_early_bird_accuracy(res).axes[0]
+    line = _line(ax, "30% channels pruned, retrained")
+    assert list(line.get_xdata()) == TICKET_EPOCHS and list(line.get_ydata()) == EARLY_BIRD[0.3]
+
+    fig = fig_mask_distance(res)
+    heat = [a for a in fig.axes if a.images]
+    assert [a.get_title() for a in heat] == ["30% channels pruned", "50% channels pruned"]
+    expected = np.array([[0.05 * abs(i - j) for j in range(9)] for i in range(9)])
+    np.testing.assert_allclose(heat[0].images[0].get_array(), expected, atol=1e-9)
+    marker = _line(heat[0], "detected Early-Bird epoch 3")  # detection.json: eb_epoch 3 for 0.3
+    assert list(marker.get_xdata()) == [3] and list(marker.get_ydata()) == [3]
+    assert not [ln for ln in heat[1].get_lines() if ln.get_label().startswith("detected")]  # null: no mark
+
+
+def test_missing_inputs_are_skipped_with_the_command(tmp_path):
+    results = make_results_tree(tmp_path / "results", parts=("dense",))
+    plots = tmp_path / "plots"
+    proc = run_script("plot_results.py", "--results-dir", results, "--plots-dir", plots)
+    assert sorted(p.name for p in plots.iterdir()) == ["dense_trajectory.pdf", "dense_trajectory.png"]
+    skipped = [ln for ln in proc.stdout.splitlines() if ln.startswith("skipped")]
+    assert len(skipped) == len(FIGURES) - 1
+    assert any("magnitude_trajectories" in ln and "(run: python prune_magnitude.py)" in ln for ln in skipped)
+    assert any("early_bird_accuracy" in ln and "(run: python early_bird.py)" in ln for ln in skipped)
+    assert any("robustness:" in ln and "(run: python robustness.py)" in ln for ln in skipped)
+
+    # the report still builds, saying what is missing instead of inventing numbers
+    proc = run_script("make_report.py", "--results-dir", results, "--no-zip", "--papers", tmp_path / "none.md")
+    md = (results / "report.md").read_text()
+    assert "No results yet (results/magnitude/summary.csv): run python prune_magnitude.py." in md
+    assert "No results yet (results/early_bird/summary.csv): run python early_bird.py." in md
+    assert f"The paper summaries are missing: {tmp_path / 'none.md'} was not found." in md
+    assert pdf_pages(results / "report.pdf") >= 2
+
+
+def test_missing_results_dir_is_a_user_error(tmp_path):
+    assert_user_error(run_script("plot_results.py", "--results-dir", tmp_path / "nope", check=False),
+                      str(tmp_path / "nope"), "run_all.py")
+    assert_user_error(run_script("make_report.py", "--results-dir", tmp_path / "nope", check=False),
+                      str(tmp_path / "nope"))
+
+
+def test_report_tables_and_analysis_match_the_csvs(results, tmp_path):
+    papers = tmp_path / "papers.md"
+    papers.write_text("# Task 1\n\n## Lottery tickets\n\nA **winning** ticket is\na sparse subnetwork.\n\n"
+                      "- first point\n- second `point`\n")
+    proc = run_script("make_report.py", "--results-dir", results, "--papers", papers)
+    pages = int(re.search(r"\((\d+) pages", proc.stdout).group(1))
+    assert pages >= 8 and pdf_pages(results / "report.pdf") == pages
+    md = (results / "report.md").read_text()
+
+    # Task 2: every row of magnitude/summary.csv, plus the differences, two decimals
+    header, rows = md_table(md, "magnitude")
+    assert header[:4] == ["sparsity", "original", "pruned", "retrained"]
+    assert rows == [[f"{100 * s:g}%", f"{DENSE_ACC:.2f}", f"{p:.2f}", f"{r:.2f}", f"{r - p:+.2f}",
+                     f"{r - DENSE_ACC:+.2f}"] for s, p, r in MAGNITUDE]
+    assert "retraining recovers 48.10 points" in md  # 90%: 88.1 - 40.0
+    assert "Retraining is necessary at 70%, 90% sparsity" in md
+    assert "beats the original network at 50% (+0.20 points)" in md
+
+    # Task 3: the table, the control comparison and Task 2 vs Task 3
+    _, rows = md_table(md, "lottery")
+    assert [(r[0], r[1], r[2], r[4], r[5]) for r in rows] == [
+        ({"oneshot": "one-shot ticket", "imp": "IMP ticket", "reinit": "re-initialised (control)"}[m],
+         f"{100 * s:g}%", str(rnd), f"{t:.2f}", f"{a:.2f}") for m, s, rnd, t, a in LOTTERY]
+    assert "re-initialised (control) 80.00% (best ticket +7.50 ahead)" in md  # IMP 87.5 vs 80.0
+    assert "reaches within 1 point of the original (91.00%) at 50%, 70%." in md
+    _, rows = md_table(md, "task2_vs_task3")
+    assert rows[2] == ["90%", "88.10", "86.00", "87.50", "80.00"]
+    assert "90%: one-shot ticket -2.10 points vs magnitude retraining." in md
+
+    # Task 4: the table, best epoch per ratio, early vs late, the detector
+    header, rows = md_table(md, "early_bird")
+    assert header == ["ticket epoch", "channels pruned", "original", "dense at ticket epoch", "pruned",
+                      "retrained", "params", "FLOPs"]
+    assert [(r[0], r[1], r[5]) for r in rows] == [
+        (str(e), f"{100 * ratio:g}%", f"{a:.2f}") for ratio, accs in EARLY_BIRD.items()
+        for e, a in zip(TICKET_EPOCHS, accs)]
+    assert "30% channels pruned: best ticket epoch 4 (90.20%)" in md
+    assert "50% channels pruned: best ticket epoch 6 (88.50%)" in md
+    assert "Early beats late (the earliest ticket retrains at least as well as the latest) at 1 of 2 ratios: 30%." in md
+    assert "saving 50% of the dense training" in md  # best ticket epoch 4 of 8 dense epochs
+    _, rows = md_table(md, "detection")
+    assert rows == [["30%", "3", "0.0500"], ["50%", "none", ""]]
+    assert "30%: the detector picks epoch 3" in md
+    assert "50%: the mask never settled below eps = 0.1" in md
+
+    # Bonus, set-up and Task 1
+    assert "resnet20, natural training: 1 of 2 pruned networks beat the dense one under PGD (5.00%)" in md
+    _, rows = md_table(md, "recipes")
+    assert rows[0][:7] == ["Step 1: dense training (1 run)", "8", "128", "0.1", "0.9", "0.0001", "4 6"]
+    assert rows[1][0] == "Task 2: magnitude retraining (3 runs)" and rows[1][3] == "0.01"
+    assert "## Lottery tickets" in md and "A winning ticket is a sparse subnetwork." in md
+    assert "- second point" in md
+    # time taken: 2.5 s per trajectory row (dense 9 rows, magnitude 3x4, lottery 7x5, early bird 8x5)
+    _, rows = md_table(md, "time")
+    assert rows == [["Step 1: dense training", "0m 22s", "22"], ["Task 2: magnitude retraining", "0m 30s", "30"],
+                    ["Task 3: ticket training", "1m 28s", "88"], ["Task 4: Early-Bird retraining", "1m 40s", "100"],
+                    ["total", "4m 00s", "240"]]
+
+    # the code zip of this repository: tracked source only
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    with zipfile.ZipFile(results / "code.zip") as z:
+        names = z.namelist()
+    assert "train_dense.py" in names and "tests/conftest.py" in names and "requirements.txt" in names
+    assert set(names) <= set(tracked)
+    assert not [n for n in names if n.split("/")[0] in ("data", "checkpoints", "results", "plots")
+                or n.endswith((".pt", ".zip", ".pdf"))]
+
+
+def _git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_code_zip_holds_tracked_source_only(tmp_path):
+    from utils.report import write_code_zip
+    repo = tmp_path / "repo"
+    files = {"README.md": "# x\n", "train.py": "print(1)\n", "tests/test_a.py": "def test(): pass\n",
+             ".gitignore": "results/\ncheckpoints/\ndata/\n", "results/summary.csv": "a\n1\n",
+             "checkpoints/dense/init.pt": "bin", "data/cifar-10-batches-py/data_batch_1": "bin",
+             "scratch.py": "untracked\n", "models/weights.pt": "tracked binary"}
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "README.md", "train.py", "tests/test_a.py", ".gitignore", "models/weights.pt")
+    _git(repo, "add", "-f", "results/summary.csv")  # even a tracked result stays out
+    names = write_code_zip(repo, tmp_path / "out" / "code.zip")
+    with zipfile.ZipFile(tmp_path / "out" / "code.zip") as z:
+        assert sorted(z.namelist()) == sorted(names) == [".gitignore", "README.md", "tests/test_a.py", "train.py"]
+        assert z.read("train.py") == b"print(1)\n"
+        z.extractall(tmp_path / "unpacked")
+    assert (tmp_path / "unpacked" / "README.md").is_file() and (tmp_path / "unpacked" / "tests").is_dir()
+
+    # outside git: a whitelist of source patterns, still no data, checkpoints or results
+    shutil.rmtree(repo / ".git")
+    names = write_code_zip(repo, tmp_path / "out" / "code2.zip")
+    assert names == [".gitignore", "README.md", "scratch.py", "tests/test_a.py", "train.py"]

@@ -1,0 +1,106 @@
+"""Early-Bird detection (You et al., ICLR 2020) from the dense run's BatchNorm history.
+
+At every epoch e and pruning ratio r, the channel mask is the exact global threshold on |γ| of
+the prunable BatchNorms (`utils.channels`) in row e of `bn_history.pt`, with no at-least-one-
+channel adjustment. Two masks differ by their normalised Hamming distance (the fraction of
+channels on which they disagree). As in the authors' code, the ticket has emerged at the first
+epoch e whose mask is within ε of each of the window − 1 masks before it:
+max_distance[e] = max over d(e, e−1) … d(e, e−window+1) < ε.
+"""
+from pathlib import Path
+
+import torch
+
+from utils.channels import global_keep_mask, num_to_remove, prunable_bn_names
+from utils.errors import UserError
+from utils.experiment import pct_name
+from utils.io import save_csv, save_json
+
+
+def load_bn_history(path, hint="python train_dense.py"):
+    """bn_history.pt as a dict name -> (epochs+1, C) float tensor, checked; UserError if not."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found (the γ history the Early-Bird detector reads); "
+                        f"make it with: {hint}")
+    try:
+        history = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file: one line, not a traceback
+        raise UserError(f"{path} is unreadable ({str(e).splitlines()[0][:120]}); "
+                        f"make it again with: {hint} --force") from None
+    if not isinstance(history, dict) or not all(
+            isinstance(v, torch.Tensor) and v.dim() == 2 for v in history.values()):
+        raise UserError(f"{path} is not a BatchNorm history (name -> epochs x channels); "
+                        f"make it with: {hint}")
+    names = prunable_bn_names(history)
+    if not names:
+        raise UserError(f"{path} holds no residual-block BatchNorms (layerS.I.bn1); "
+                        f"make it with: {hint}")
+    if len({history[n].shape[0] for n in names}) != 1:
+        raise UserError(f"{path} has BatchNorms with different numbers of epochs; "
+                        f"make it again with: {hint} --force")
+    return history
+
+
+def epoch_masks(history, names, ratio):
+    """(epochs+1, C) bool: row e = the exact global-threshold keep mask at epoch e."""
+    scores = torch.cat([history[n].double().abs() for n in names], dim=1)
+    return global_keep_mask(scores, num_to_remove(ratio, scores.shape[1]))
+
+
+def distance_matrix(masks):
+    """(E, E) normalised Hamming distances between every pair of rows of a bool mask matrix."""
+    m = masks.double()
+    agree_on = m @ m.T  # channels kept by both; float64 holds these integer counts exactly
+    kept = m.sum(1)
+    return (kept[:, None] + kept[None, :] - 2 * agree_on) / masks.shape[1]
+
+
+def max_distances(dist, window):
+    """max_distance[e] over the window − 1 previous epochs; None while e < window − 1."""
+    out = []
+    for e in range(dist.shape[0]):
+        if e < window - 1:
+            out.append(None)
+        else:
+            out.append(float(dist[e, e - window + 1:e].max()))
+    return out
+
+
+def first_below(values, eps):
+    return next((e for e, v in enumerate(values) if v is not None and v < eps), None)
+
+
+def check_detector(eps, window):
+    if window < 2:
+        raise UserError(f"--eb-window must be >= 2 (the newest mask and at least one before it), got {window}")
+    if not eps > 0:
+        raise UserError(f"--eb-eps must be > 0, got {eps}")
+
+
+def detect(history, ratios, eps=0.1, window=5):
+    """The detection.json dict and, per ratio, the full distance matrix (a tensor)."""
+    check_detector(eps, window)
+    names = prunable_bn_names(history)
+    result = {"eps": eps, "window": window, "prunable_bns": names, "ratios": {}}
+    matrices = {}
+    for r in ratios:
+        dist = distance_matrix(epoch_masks(history, names, r))
+        md = max_distances(dist, window)
+        result["ratios"][f"{r:g}"] = {"eb_epoch": first_below(md, eps), "max_distance": md}
+        matrices[r] = dist
+    return result, matrices
+
+
+def write_detection(result, matrices, out_dir):
+    """detection.json plus mask_distance_ratio_<r>.csv (epoch x epoch) per ratio."""
+    out_dir = Path(out_dir)
+    save_json(result, out_dir / "detection.json")
+    paths = []
+    for r, dist in matrices.items():
+        epochs = [str(e) for e in range(dist.shape[0])]
+        rows = [{"epoch": i, **dict(zip(epochs, map(float, dist[i].tolist())))} for i in range(dist.shape[0])]
+        path = out_dir / f"{pct_name(r, 'mask_distance_ratio')}.csv"
+        save_csv(rows, path, ["epoch"] + epochs)
+        paths.append(path)
+    return paths
