@@ -42,6 +42,8 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "L2 weight decay (all parameters)")
     milestones: tuple[int, ...] = _f((80, 120), "epochs after which the learning rate is multiplied by 0.1")
+    precision: str = _f("auto", "bf16 autocast with fp32 master weights, or fp32; auto = bf16 on CUDA "
+                        "and on CPUs with native bf16 (AVX512-BF16/AMX)", choices=("auto", "fp32", "bf16"))
 
     def validate(self):
         if self.epochs < 0:

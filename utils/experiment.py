@@ -9,7 +9,7 @@ from utils.attacks import AdversarialConfig, adversarial_train_kwargs
 from utils.config import (DataConfig, RunConfig, TrainConfig, add_dataclass_args, as_dict,
                           from_args, make_parser)
 from utils.errors import UserError
-from utils.train import select_device
+from utils.train import select_device, set_precision
 
 
 def task_parser(description, adversarial=True, **train_defaults):
@@ -65,6 +65,7 @@ def task_setup(args, load_data=True):
     """Validate the common flags, pick the device, load the data onto it."""
     data_cfg, run_cfg, hp = (from_args(c, args) for c in (DataConfig, RunConfig, TrainConfig))
     hp.validate()
+    set_precision(hp.precision)
     adv = from_args(AdversarialConfig, args) if hasattr(args, "adv_train") else None
     if adv is not None:
         adv.validate()

@@ -10,6 +10,7 @@ Speed: batches come from device tensors, metrics are accumulated on the device a
 per epoch, bf16 autocast on CUDA with fp32 master weights, channels_last.
 """
 import contextlib
+import functools
 import hashlib
 import math
 import sys
@@ -59,9 +60,39 @@ def seeded(fn, seed, stream="init"):
         return fn()
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+_precision = "auto"  # set once per process from --precision by utils.experiment.task_setup
+
+
+def set_precision(name):
+    global _precision
+    if name not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    _precision = name
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16():
+    """AVX512-BF16 or AMX: bf16 matrix maths runs in hardware (Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def uses_bf16(device):
+    """bf16 autocast: on CUDA, and on CPUs with native bf16, unless --precision says otherwise."""
+    if _precision != "auto":
+        return _precision == "bf16"
+    return torch.device(device).type == "cuda" or cpu_has_native_bf16()
+
+
 def autocast(device):
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast (fp32 master weights, fp32 loss) where `uses_bf16`, else plain fp32."""
+    device = torch.device(device)
+    if uses_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
