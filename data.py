@@ -9,7 +9,6 @@ sample and per epoch, done for the whole split in two gathers on the device. Ran
 from CPU generators, so the same seed gives the same order and crops on every device.
 """
 import pickle
-import shutil
 import tempfile
 from pathlib import Path
 

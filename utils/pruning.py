@@ -9,7 +9,6 @@ import hashlib
 
 import torch
 
-from models import prunable_weights
 from utils.errors import UserError
 
 SCOPES = ("global", "layerwise")
@@ -144,11 +143,6 @@ def format_report(report):
     lines += [f"  {n:<{width}}  {v['zeros']:>8} / {v['total']:<8} {100 * v['sparsity']:6.2f}%"
               for n, v in rows]
     return "\n".join(lines)
-
-
-def model_weights(model):
-    """The prunable weights of `model` (name -> tensor), the input of the mask functions."""
-    return prunable_weights(model)
 
 
 def weights_fingerprint(state_dict):
