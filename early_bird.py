@@ -18,14 +18,15 @@ import torch
 from models import count_params, load_checkpoint, get_model, read_checkpoint
 from utils.channels import (block_gammas, compact_model, count_flops, forward_seconds,
                             prunable_bn_names, select_channels)
-from utils.early_bird import check_detector, detect, load_bn_history, write_detection
+from utils.early_bird import (check_dense_checkpoints, check_detector, dense_checkpoint, dense_hint,
+                              detect, load_bn_history, parse_ticket_epochs, training_flops,
+                              write_detection)
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import save_csv
 from utils.train import evaluate, seeded, train_run
 
 CIFAR10_TRAIN_IMAGES = 50000  # images per dense epoch when the dense run used them all
-TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward ≈ 3 forward passes (backward: grads of inputs and weights)
 SUMMARY_COLUMNS = [
     "ticket_epoch", "ratio", "dense_acc", "pruned_acc", "retrained_acc", "params", "flops",
     "dense_epoch_acc", "start_acc", "retrain_from", "channels_kept", "channels_total",
@@ -56,53 +57,6 @@ def parse_args(argv):
     parser.add_argument("--speed-batch", type=int, default=128, help="batch size of the timed forward pass")
     parser.add_argument("--speed-repeats", type=int, default=10, help="timed forward passes per network")
     return parser.parse_args(argv)
-
-
-def dense_hint(dense_run):
-    """The train_dense.py command that makes (or finishes) the dense run at `dense_run`."""
-    run = Path(dense_run)
-    cmd = "python train_dense.py"
-    if run.parent != Path("checkpoints"):
-        cmd += f" --checkpoint-dir {run.parent}"
-    if run.name != "dense":
-        cmd += f" --run-name {run.name}"
-    return cmd
-
-
-def parse_ticket_epochs(values):
-    """Ints >= 0, or None for 'auto'."""
-    if [v.lower() for v in values] == ["auto"]:
-        return None
-    try:
-        epochs = sorted({int(v) for v in values})
-    except ValueError:
-        raise UserError(f"--ticket-epochs takes epoch numbers or the single word auto, got {values}") from None
-    if epochs[0] < 0:
-        raise UserError(f"--ticket-epochs must be >= 0, got {values}")
-    return epochs
-
-
-def dense_checkpoint(dense_run, epoch):
-    return Path(dense_run) / ("init.pt" if epoch == 0 else f"epoch_{epoch:03d}.pt")
-
-
-def check_dense_checkpoints(dense_run, epochs, final_epoch, hint):
-    """Every checkpoint a ticket needs, checked before any work starts."""
-    if not dense_checkpoint(dense_run, final_epoch).is_file():
-        raise UserError(f"dense run {dense_run} is unfinished (no {dense_checkpoint(dense_run, final_epoch).name}); "
-                        f"finish it with: {hint}")
-    late = [e for e in epochs if e > final_epoch]
-    if late:
-        raise UserError(f"--ticket-epochs {late} lie beyond the dense run's {final_epoch} epochs")
-    missing = [e for e in epochs if not dense_checkpoint(dense_run, e).is_file()]
-    if missing:
-        keep = " ".join(map(str, sorted(set(epochs) | {final_epoch})))
-        raise UserError(f"dense run {dense_run} saved no checkpoint at epoch(s) {missing}; retrain it "
-                        f"saving them: {hint} --save-epochs {keep} --force")
-
-
-def training_flops(epochs, images, forward_flops):
-    return epochs * images * TRAIN_FLOPS_PER_FORWARD * forward_flops
 
 
 @cli_main

@@ -16,6 +16,8 @@ from utils.errors import UserError
 from utils.experiment import pct_name
 from utils.io import save_csv, save_json
 
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward ≈ 3 forward passes (backward: grads of inputs and weights)
+
 
 def load_bn_history(path, hint="python train_dense.py"):
     """bn_history.pt as a dict name -> (epochs+1, C) float tensor, checked; UserError if not."""
@@ -104,3 +106,52 @@ def write_detection(result, matrices, out_dir):
         save_csv(rows, path, ["epoch"] + epochs)
         paths.append(path)
     return paths
+
+
+# The dense run a ticket is drawn from: its checkpoints, the command that makes them, its cost.
+
+def dense_hint(dense_run):
+    """The train_dense.py command that makes (or finishes) the dense run at `dense_run`."""
+    run = Path(dense_run)
+    cmd = "python train_dense.py"
+    if run.parent != Path("checkpoints"):
+        cmd += f" --checkpoint-dir {run.parent}"
+    if run.name != "dense":
+        cmd += f" --run-name {run.name}"
+    return cmd
+
+
+def parse_ticket_epochs(values):
+    """Ints >= 0, or None for 'auto'."""
+    if [v.lower() for v in values] == ["auto"]:
+        return None
+    try:
+        epochs = sorted({int(v) for v in values})
+    except ValueError:
+        raise UserError(f"--ticket-epochs takes epoch numbers or the single word auto, got {values}") from None
+    if epochs[0] < 0:
+        raise UserError(f"--ticket-epochs must be >= 0, got {values}")
+    return epochs
+
+
+def dense_checkpoint(dense_run, epoch):
+    return Path(dense_run) / ("init.pt" if epoch == 0 else f"epoch_{epoch:03d}.pt")
+
+
+def check_dense_checkpoints(dense_run, epochs, final_epoch, hint):
+    """Every checkpoint a ticket needs, checked before any work starts."""
+    if not dense_checkpoint(dense_run, final_epoch).is_file():
+        raise UserError(f"dense run {dense_run} is unfinished (no {dense_checkpoint(dense_run, final_epoch).name}); "
+                        f"finish it with: {hint}")
+    late = [e for e in epochs if e > final_epoch]
+    if late:
+        raise UserError(f"--ticket-epochs {late} lie beyond the dense run's {final_epoch} epochs")
+    missing = [e for e in epochs if not dense_checkpoint(dense_run, e).is_file()]
+    if missing:
+        keep = " ".join(map(str, sorted(set(epochs) | {final_epoch})))
+        raise UserError(f"dense run {dense_run} saved no checkpoint at epoch(s) {missing}; retrain it "
+                        f"saving them: {hint} --save-epochs {keep} --force")
+
+
+def training_flops(epochs, images, forward_flops):
+    return epochs * images * TRAIN_FLOPS_PER_FORWARD * forward_flops
