@@ -8,9 +8,18 @@ from data import load_cifar10
 from models import load_checkpoint
 from utils.attacks import (PGDTraining, RobustMonitor, fgsm, frozen_bn_stats, pgd, robust_evaluate,
                            subset, uniform_noise)
-from utils.train import cpu_generator, evaluate
+from utils.train import cpu_generator, evaluate, set_precision
 
 EPS, STEP = 8 / 255, 2 / 255
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fp32():
+    """The head below is fitted on fp32 features, so the attacks run in fp32 too (bf16 autocast,
+    the default on CPUs with native bf16, would evaluate a slightly different network)."""
+    set_precision("fp32")
+    yield
+    set_precision("auto")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +47,7 @@ def fitted(tiny_dense, slice64):
     hook.remove()
     torch.manual_seed(0)
     opt = torch.optim.Adam(model.linear.parameters(), lr=0.05)
-    for _ in range(300):
+    for _ in range(2000):  # 64 points, 650 parameters: cheap, and reliably fitted
         loss = F.cross_entropy(model.linear(feats[0]), y)
         opt.zero_grad()
         loss.backward()
