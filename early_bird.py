@@ -8,7 +8,7 @@
 Reads the dense run (train_dense.py): its epoch_EEE.pt checkpoints and bn_history.pt. Writes
 checkpoints/early_bird/epoch_EEE/ratio_R/{compact.pt,final.pt},
 results/early_bird/epoch_EEE/ratio_R/trajectory.csv, results/early_bird/summary.csv,
-results/early_bird/detection.json and mask_distance_ratio_R.csv; see README.md, "Task 4".
+results/early_bird/detection.json and mask_distance_ratio_R.csv; see docs/early_bird.md.
 """
 import sys
 from pathlib import Path

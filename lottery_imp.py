@@ -8,7 +8,7 @@ A ticket = a mask from the magnitudes of trained weights (`--from`) applied to r
 (`--rewind`: init.pt, or an early epoch), retrained with the standard recipe. IMP repeats
 train → prune ≤ --imp-rate of the survivors → rewind → retrain, landing on every target.
 Writes checkpoints/<run>/<method>/sparsity_<s>/{mask.pt,start.pt,final.pt},
-results/<run>/<method>/sparsity_<s>/trajectory.csv and results/<run>/summary.csv; see README.md.
+results/<run>/<method>/sparsity_<s>/trajectory.csv and results/<run>/summary.csv; see docs/lottery_imp.md.
 """
 from pathlib import Path
 

@@ -5,7 +5,7 @@
 
 Per sparsity s writes checkpoints/magnitude/sparsity_<100s>/{mask.pt,start.pt,final.pt} and
 results/magnitude/sparsity_<100s>/{trajectory.csv,summary.json,sparsity_report.json}, then
-results/magnitude/summary.csv (dense vs pruned vs retrained accuracy); see README.md.
+results/magnitude/summary.csv (dense vs pruned vs retrained accuracy); see docs/prune_magnitude.md.
 """
 from pathlib import Path
 

@@ -13,7 +13,7 @@ adversarial: for --arch (resnet20), a natural and a PGD-trained dense network, t
 size:        the same for --large-arch (resnet56).
 
 Writes checkpoints/robustness/<arch>/..., results/robustness/<arch>/... and
-results/robustness/{summary.csv, tickets.csv}; see README.md, "Bonus: robustness".
+results/robustness/{summary.csv, tickets.csv}; see docs/robustness.md.
 """
 import sys
 

@@ -4,7 +4,7 @@
     python train_dense.py --bn-l1 1e-4 --run-name dense_slim   # network-slimming penalty
 
 Writes checkpoints/<run>/{init.pt, epoch_010.pt, ..., bn_history.pt} and
-results/<run>/{trajectory.csv, summary.json}; see README.md.
+results/<run>/{trajectory.csv, summary.json}; see docs/train_dense.md.
 """
 from models import ARCHS, get_model, prunable_weights
 from utils.errors import UserError, cli_main
