@@ -9,9 +9,10 @@ computed from the results when the report is made; a missing part is noted, not 
 """
 from pathlib import Path
 
+from utils.code_zip import write_code_zip
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
-from utils.report import write_code_zip, write_report
+from utils.report import write_report
 
 REPO = Path(__file__).resolve().parent
 

@@ -12,7 +12,9 @@ import pytest
 
 from conftest import REPO, assert_user_error, run_script
 from fixtures.results_tree import DENSE_ACC, EARLY_BIRD, LOTTERY, MAGNITUDE, TICKET_EPOCHS, make_results_tree
-from utils.plots import FIGURES, Results, fig_accuracy_vs_sparsity, fig_early_bird_accuracy, fig_mask_distance
+from utils.plots import FIGURES, Results
+from utils.plots.early_bird import fig_early_bird_accuracy, fig_mask_distance
+from utils.plots.overview import fig_accuracy_vs_sparsity
 
 matplotlib.use("Agg")
 
@@ -189,7 +191,7 @@ def _git(repo, *args):
 
 
 def test_code_zip_holds_tracked_source_only(tmp_path):
-    from utils.report import write_code_zip
+    from utils.code_zip import write_code_zip
     repo = tmp_path / "repo"
     files = {"README.md": "# x\n", "train.py": "print(1)\n", "tests/test_a.py": "def test(): pass\n",
              ".gitignore": "results/\ncheckpoints/\ndata/\n", "results/summary.csv": "a\n1\n",

@@ -1,0 +1,41 @@
+"""The report's analysis: numbers from results/ turned into sentences and tables of a `Doc`.
+
+Each module exports `section(doc, res)`, which appends its part (headings, tables, figures by
+name, bullets) computed from `res` (a `utils.plots.Results`) and notes a missing input with the
+command that makes it. `SECTIONS` is the report's order; each section starts on a new page. A new
+task adds `utils/analysis/<task>.py` and one line below, and never touches the typesetting
+(utils/document.py).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.analysis import early_bird, lottery, magnitude, papers, robustness, setup
+from utils.document import Doc
+from utils.plots.common import Results
+
+SECTIONS = [
+    setup.section,
+    papers.section,
+    magnitude.section,
+    lottery.section,
+    early_bird.section,
+    robustness.section,
+]
+
+
+@dataclass
+class ReportResults(Results):
+    """The results folder plus the one input that is not in it: the Task 1 summaries file."""
+
+    papers_path: Path = None
+
+
+def build_doc(res, papers_path):
+    """The whole report as a `Doc`: every section of `SECTIONS`, in order, each on a new page."""
+    res = ReportResults(Path(res.root), Path(papers_path))
+    doc = Doc()
+    for i, section in enumerate(SECTIONS):
+        if i:
+            doc.page_break()
+        section(doc, res)
+    return doc

@@ -1,0 +1,48 @@
+"""Task 1: the paper summaries, read from a Markdown file (docs/papers.md) into the report."""
+import re
+from pathlib import Path
+
+
+def plain(text):
+    """Markdown inline markup -> plain text (links keep their words)."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = re.sub(r"(\*\*|__|\*|`)", "", text)
+    return text
+
+
+def section(doc, res):
+    """`res.papers_path` (set by utils.analysis.build_doc) names the Markdown file."""
+    papers_path = Path(res.papers_path)
+    if not papers_path.is_file():
+        doc.h1("Task 1: paper summaries")
+        doc.p(f"The paper summaries are missing: {papers_path} was not found.")
+        return
+    para, bullets = [], []
+
+    def flush():
+        if para:
+            doc.p(plain(" ".join(para)))
+            para.clear()
+        if bullets:
+            doc.bullets([plain(b) for b in bullets])
+            bullets.clear()
+
+    for line in papers_path.read_text().splitlines():
+        s = line.strip()
+        m = re.match(r"^(#{1,6})\s+(.*)", s)
+        if m:
+            flush()
+            (doc.h1, doc.h2, doc.h3)[min(len(m.group(1)), 3) - 1](plain(m.group(2)))
+        elif re.match(r"^([-*+]|\d+\.)\s+", s):
+            if para:
+                flush()
+            bullets.append(re.sub(r"^([-*+]|\d+\.)\s+", "", s))
+        elif not s:
+            flush()
+        elif bullets and line.startswith((" ", "\t")):
+            bullets[-1] += " " + s  # a wrapped bullet continues
+        else:
+            if bullets:
+                flush()
+            para.append(s)
+    flush()

@@ -1,0 +1,79 @@
+"""The report's opening: what was run, with which recipe, on what, and how long it took."""
+import os
+import platform
+
+from utils.analysis.common import acc, arch_label, hms
+from utils.document import Table
+from utils.plots.common import read_csv
+
+RECIPE_COLUMNS = ["run", "epochs", "batch", "lr", "momentum", "weight decay", "milestones",
+                  "train images", "test images"]
+TASKS = [("dense", "Step 1: dense training"), ("magnitude", "Task 2: magnitude retraining"),
+         ("lottery", "Task 3: ticket training"), ("early_bird", "Task 4: Early-Bird retraining"),
+         ("robustness", "Bonus: robustness")]
+
+
+def recipe_row(name, cfg):
+    def images(n):
+        return "all" if not n else f"{int(n):,}"
+    return [name, str(cfg.get("epochs", "?")), str(cfg.get("batch_size", "?")), f"{cfg.get('lr', '?')}",
+            f"{cfg.get('momentum', '?')}", f"{cfg.get('weight_decay', '?')}",
+            " ".join(str(m) for m in cfg.get("milestones", [])) or "none",
+            images(cfg.get("train_subset")), images(cfg.get("test_subset"))]
+
+
+def trajectory_seconds(res, task):
+    """Wall-clock seconds of every epoch row of every trajectory under results/<task>/."""
+    paths = res.path(task).rglob("trajectory.csv") if res.path(task).is_dir() else []
+    return sum(row.get("seconds") or 0.0 for p in paths for row in read_csv(p))
+
+
+def title(res):
+    return f"Drawing Early-Bird tickets: pruning {arch_label(res)} on CIFAR-10"
+
+
+def section(doc, res):
+    dense = res.dense_summary
+    arch = arch_label(res)
+    doc.h1(title(res))
+    doc.p("Every table and number below is computed from the files in the results folder when this "
+          "report is made (python make_report.py); the figures are the ones plot_results.py writes.")
+    if dense:
+        doc.p(f"Original (dense) {arch}: {acc(dense['test_acc'])}% test accuracy after {dense['epochs']} "
+              f"epochs ({dense.get('params', 0):,} parameters).")
+    doc.h1("Experimental set-up")
+    if dense:
+        cfg = dense.get("config", {})
+        doc.p(f"Network: {cfg.get('arch', 'resnet20')} (shortcut option {cfg.get('shortcut', '?')}), "
+              f"{dense.get('params', 0):,} parameters, trained from a seeded initialisation (seed "
+              f"{cfg.get('seed', '?')}) with SGD, a step learning-rate schedule (x0.1 after each "
+              f"milestone), random crop (padding 4) and horizontal flip; the network-slimming L1 "
+              f"penalty on BatchNorm scales was {cfg.get('bn_l1', 0)}. Accuracies are on the CIFAR-10 "
+              f"test images used ({'all' if not cfg.get('test_subset') else cfg['test_subset']}).")
+    else:
+        doc.p("No dense run found (results/dense/summary.json): run python train_dense.py.")
+    rows, devices = [], set()
+    for task, name in TASKS:
+        runs = res.runs(task)
+        for summary in runs.values():
+            if summary.get("device"):
+                devices.add(summary["device"])
+        if runs:
+            first = next(iter(runs.values()))
+            rows.append(recipe_row(f"{name} ({len(runs)} run{'s' * (len(runs) != 1)})", first.get("config", {})))
+    if rows:
+        doc.table(Table("recipes", "Training recipes, read from each task's summary.json (first run shown)",
+                        RECIPE_COLUMNS, rows))
+    times = [(name, trajectory_seconds(res, task)) for task, name in TASKS]
+    times = [(n, s) for n, s in times if s > 0]
+    if times:
+        rows = [[n, hms(s), f"{s:.0f}"] for n, s in times]
+        total = sum(s for _, s in times)
+        rows.append(["total", hms(total), f"{total:.0f}"])
+        doc.table(Table("time", "Time taken: the sum of the trajectories' per-epoch seconds "
+                        "(training and evaluation)", ["step", "time", "seconds"], rows))
+    host = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
+    doc.p(f"Hardware: the runs report device(s) {', '.join(sorted(devices)) or 'unknown'}; this report "
+          f"was assembled on {host}.")
+    doc.h2("Dense training trajectory (Step 1 of every task)")
+    doc.figure("dense_trajectory")

@@ -1,0 +1,236 @@
+"""What every figure module shares: reading results/ (one reader per file format the project
+writes), the figure description (`FigureSpec`), saving, and small drawing helpers.
+
+A figure builder takes a `Results` and returns a matplotlib Figure, or None when its inputs are
+missing; each task module's `FIGURES` lists its builders with the files they need and the
+command that makes those, so plot_results.py and make_report.py skip a missing figure with one
+line naming that command.
+"""
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, same output everywhere
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils.errors import UserError  # noqa: E402
+from utils.io import _atomic_write, load_json  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results/
+# ---------------------------------------------------------------------------------------------
+
+def _num(v):
+    """CSV cell -> float when it is a number, None when empty, else the string."""
+    if v is None or v == "":
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def read_csv(path):
+    """Rows of a CSV as dicts of floats (empty cells None); [] when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def folder_fraction(name):
+    """'sparsity_50' -> 0.5, 'ratio_30' -> 0.3, 'epoch_010' -> 10 (the number after '_')."""
+    value = float(name.split("_", 1)[1])
+    return int(value) if name.startswith("epoch_") else value / 100
+
+
+def ratio_key(fraction):
+    """The key detection.json uses for a ratio: %g format ('0.3')."""
+    return f"{fraction:g}"
+
+
+@dataclass
+class Results:
+    """Everything under one results folder that the figures and the report read."""
+
+    root: Path
+
+    def path(self, *parts):
+        return self.root.joinpath(*parts)
+
+    def json(self, *parts):
+        p = self.path(*parts)
+        return load_json(p) if p.is_file() else None
+
+    def csv(self, *parts):
+        return read_csv(self.path(*parts))
+
+    def trajectories(self, pattern):
+        """{relative folder: rows} for every trajectory.csv matching `pattern` (a glob)."""
+        out = {}
+        for p in sorted(self.root.glob(f"{pattern}/trajectory.csv")):
+            rows = read_csv(p)
+            if rows:
+                out[p.parent.relative_to(self.root).as_posix()] = rows
+        return out
+
+    # The contract's files, one accessor each.
+    @property
+    def dense_trajectory(self):
+        return self.csv("dense", "trajectory.csv")
+
+    @property
+    def dense_summary(self):
+        return self.json("dense", "summary.json")
+
+    @property
+    def magnitude(self):
+        return sorted(self.csv("magnitude", "summary.csv"), key=lambda r: r["sparsity"])
+
+    @property
+    def lottery(self):
+        return self.csv("lottery", "summary.csv")
+
+    @property
+    def early_bird(self):
+        return sorted(self.csv("early_bird", "summary.csv"), key=lambda r: (r["ratio"], r["ticket_epoch"]))
+
+    @property
+    def detection(self):
+        return self.json("early_bird", "detection.json")
+
+    @property
+    def robustness(self):
+        return self.csv("robustness", "summary.csv")
+
+    def mask_distances(self):
+        """{ratio (fraction): (epochs, matrix)} from every early_bird/mask_distance*.csv."""
+        out = {}
+        for p in sorted(self.path("early_bird").glob("mask_distance*.csv")):
+            m = re.search(r"(\d+(?:\.\d+)?)", p.stem)
+            ratio = float(m.group(1)) / 100 if m else None
+            epochs, matrix = read_matrix(p)
+            if matrix.size:
+                out[ratio] = (epochs, matrix)
+        return out
+
+    def runs(self, task):
+        """{folder: summary.json} of every finished run under results/<task>/."""
+        return {p.parent.relative_to(self.root).as_posix(): load_json(p)
+                for p in sorted(self.path(task).rglob("summary.json"))} if self.path(task).is_dir() else {}
+
+
+def read_matrix(path):
+    """An early_bird/mask_distance_ratio_<r>.csv -> (epoch labels, epoch x epoch matrix).
+
+    The one layout early_bird.py writes (utils.early_bird.write_detection): a header `epoch,0,1,...`
+    naming the column epochs, then one row per epoch, its epoch first. Anything else is a UserError.
+    """
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows:
+        return [], np.zeros((0, 0))
+    header, body = rows[0], rows[1:]
+    try:
+        if header[0] != "epoch" or any(len(r) != len(header) for r in body):
+            raise ValueError
+        columns = [int(c) for c in header[1:]]
+        epochs = [int(r[0]) for r in body]
+        matrix = np.array([[float(c) if c != "" else np.nan for c in r[1:]] for r in body], dtype=float)
+    except ValueError:
+        raise UserError(f"{path} is not an epoch x epoch mask-distance table as early_bird.py writes it "
+                        "(header epoch,0,1,...); delete it and rerun python early_bird.py --detect-only") from None
+    if columns != epochs:
+        raise UserError(f"{path}: the column epochs {columns} differ from the row epochs {epochs}; delete it "
+                        "and rerun python early_bird.py --detect-only")
+    return epochs, matrix.reshape(len(body), len(columns))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure helpers
+# ---------------------------------------------------------------------------------------------
+
+def col(rows, key):
+    return [r.get(key) for r in rows]
+
+
+def pct(fraction):
+    return f"{100 * fraction:g}%"
+
+
+def save_figure(fig, stem):
+    """Write `stem`.png and `stem`.pdf atomically; return the two paths."""
+    paths = []
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+        path = Path(f"{stem}.{ext}")
+        _atomic_write(path, lambda f: f.write(buf.getvalue()))
+        paths.append(path)
+    return paths
+
+
+def trajectory_grid(runs, title, label_fn=lambda k: k, cmap="viridis"):
+    """2x2 panels (loss / accuracy x train / test) with one line per run."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    colors = plt.get_cmap(cmap)(np.linspace(0, 0.9, max(len(runs), 1)))
+    for color, (name, rows) in zip(colors, runs.items()):
+        for j, split in enumerate(("train", "test")):
+            axes[0, j].plot(col(rows, "epoch"), col(rows, f"{split}_loss"), color=color, label=label_fn(name))
+            axes[1, j].plot(col(rows, "epoch"), col(rows, f"{split}_acc"), color=color, label=label_fn(name))
+    for j, split in enumerate(("training", "test")):
+        axes[0, j].set_title(f"{split} loss")
+        axes[1, j].set_title(f"{split} accuracy")
+        axes[0, j].set_ylabel("cross-entropy loss (nats)")
+        axes[1, j].set_ylabel("accuracy (%)")
+        axes[1, j].set_xlabel("epoch (0 = before training)")
+        for i in range(2):
+            axes[i, j].grid(alpha=0.3)
+    axes[1, 1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def arch_name(arch):
+    """'resnet20' -> 'ResNet-20'; anything else as it is."""
+    m = re.fullmatch(r"resnet(\d+)", str(arch))
+    return f"ResNet-{m.group(1)}" if m else str(arch)
+
+
+def arch_label(res, task="dense"):
+    """The architecture the runs of results/<task>/ used (their summary.json), else the dense run's,
+    as a title names it ('ResNet-20'); 'the network' when no run says."""
+    for summary in list(res.runs(task).values()) + [res.dense_summary or {}]:
+        arch = (summary.get("config") or {}).get("arch")
+        if arch:
+            return arch_name(arch)
+    return "the network"
+
+
+def sparsity_label(folder):
+    return "sparsity " + pct(folder_fraction(folder.rsplit("/", 1)[-1]))
+
+
+@dataclass
+class FigureSpec:
+    name: str
+    build: object
+    needs: str  # the input file(s), for the skip message
+    command: str  # what makes them
+
+
+def build_figure(spec, res):
+    """(figure or None, one-line skip message or None)."""
+    fig = spec.build(res)
+    if fig is None:
+        return None, f"skipped {spec.name}: no {res.root / spec.needs} (run: {spec.command})"
+    return fig, None
+
