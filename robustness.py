@@ -18,13 +18,14 @@ results/robustness/{summary.csv, tickets.csv}; see docs/robustness.md.
 import sys
 
 from models import ARCHS, get_model, load_checkpoint, prunable_weights
-from utils.attacks import (MASK_SOURCES, SUMMARY_COLUMNS, TICKET_COLUMNS, TRAININGS,
-                           adversarial_train_kwargs, cached_robust_row, check_attack,
-                           find_checkpoints, merge_summary, ticket_table)
+from utils.attacks import adversarial_train_kwargs
+from utils.config import check_attack
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import save_csv, save_torch
 from utils.pruning import global_magnitude_mask
+from utils.robustness import (MASK_SOURCES, SUMMARY_COLUMNS, TICKET_COLUMNS, TRAININGS, cached_robust_row,
+                              find_checkpoints, merge_summary, ticket_table)
 from utils.train import seeded, train_run
 
 EXPERIMENTS = ("evaluate", "adversarial", "size")

@@ -1,9 +1,14 @@
 """FGSM / PGD on the real CIFAR-10 slice: budget and clipping, attack strength, mode handling,
-PGD-AT's perturb (BN statistics, resume state) and reproducibility from a checkpoint."""
+PGD-AT's perturb (BN statistics, resume state), reproducibility from a checkpoint, evaluation
+in fp32 whatever the training precision, and no attack code in the scripts that do not attack."""
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import REPO
 from data import load_cifar10
 from models import load_checkpoint
 from utils.attacks import (PGDTraining, RobustMonitor, fgsm, frozen_bn_stats, pgd, robust_evaluate,
@@ -160,3 +165,42 @@ def test_robust_accuracy_reproduces_from_checkpoint(tiny_dense, slice64):
     monitor = RobustMonitor(test, steps=2, seed=7, limit=16)
     assert monitor(model) == monitor(model)
     assert len(subset(test, 16)) == 16 and len(subset(test, 0)) == len(test)
+
+
+def test_robust_evaluation_is_fp32_whatever_the_training_precision(fitted):
+    """bf16 training precision changes the PGD training examples but never the evaluation."""
+    model, train = fitted
+    fp32_numbers = robust_evaluate(model, train, steps=3, seed=5, limit=48)
+    x, y = batch(train, 32)
+    crafted = {}
+    try:
+        set_precision("bf16")  # the setting a CUDA run or a bf16 CPU gets
+        assert robust_evaluate(model, train, steps=3, seed=5, limit=48) == fp32_numbers
+        crafted["bf16"] = PGDTraining(steps=2, seed=1)(model.train(), x, y)
+    finally:
+        set_precision("fp32")
+        model.eval()
+    crafted["fp32"] = PGDTraining(steps=2, seed=1)(model.train(), x, y)
+    model.eval()
+    # the training perturbation does follow the training precision (so the setting took effect)
+    assert not torch.equal(crafted["bf16"], crafted["fp32"])
+    # the evaluation's forward passes see fp32 activations, never bf16
+    dtypes = set()
+    hook = model.linear.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+    try:
+        set_precision("bf16")
+        robust_evaluate(model, train, steps=1, seed=5, limit=16)
+    finally:
+        set_precision("fp32")
+        hook.remove()
+    assert dtypes == {torch.float32}
+
+
+def test_scripts_that_do_not_attack_do_not_import_attack_code():
+    code = ("import sys; import train_dense, prune_magnitude, lottery_imp, early_bird, plot_results, "
+            "make_report, run_all; print('utils.attacks' in sys.modules, 'utils.robustness' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    out = subprocess.run([sys.executable, "-c", "import sys, robustness; print('utils.attacks' in sys.modules)"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True"]  # the check can see an import

@@ -102,7 +102,7 @@ def select_channels(gammas, ratio):
     rank = torch.empty_like(order)
     rank[order] = torch.arange(total)
     block_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    keep = global_keep_mask(scores, num_to_remove(ratio, total))
+    keep = torch.cat(threshold_masks(gammas, ratio))  # the plain threshold, then the adjustment
 
     counts = torch.bincount(block_of[keep], minlength=len(sizes))
     forced = set()

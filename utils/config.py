@@ -1,7 +1,7 @@
 """Hyperparameters as typed dataclasses with help text, turned into command-line flags.
 
 Every entry script builds its parser from these, so a flag has one name, one default and one
-help text everywhere (``../shared/interface.md`` lists them). Scripts may override defaults,
+help text everywhere. Scripts may override defaults,
 e.g. the fine-tuning schedule of Task 2.
 """
 import argparse
@@ -58,6 +58,32 @@ class TrainConfig:
     def lr_at(self, epoch):
         """Learning rate used while training epoch `epoch` (1-based): x0.1 after each milestone."""
         return self.lr * 0.1 ** sum(epoch > m for m in self.milestones)
+
+
+def check_attack(eps, step, steps, flags=("--eps", "--step", "--eval-steps")):
+    """ε ≥ 0 and step > 0 (1/255 units), steps ≥ 0, or a UserError naming the flags."""
+    if eps < 0 or step <= 0 or steps < 0:
+        raise UserError(f"{flags[0]} must be >= 0, {flags[1]} > 0 and {flags[2]} >= 0 "
+                        f"(got {eps:g}, {step:g}, {steps})")
+
+
+@dataclass
+class AdversarialConfig:
+    """The `--adv-*` flags every task script takes (utils.experiment.task_parser); off by default.
+    The attack itself is utils/attacks.py, imported only when --adv-train is on."""
+    adv_train: bool = _f(False, "train adversarially (PGD-AT, Madry et al.): every training batch "
+                                "is replaced by its PGD examples; logs fgsm_acc/pgd_acc per epoch")
+    adv_eps: float = _f(8.0, "L∞ budget ε of adversarial training, in 1/255 pixel units")
+    adv_step: float = _f(2.0, "PGD step size, in 1/255 pixel units")
+    adv_steps: int = _f(10, "PGD iterations per training batch (cost ≈ steps+1 × a natural epoch)")
+    adv_monitor_subset: int = _f(1000, "first N test images attacked each epoch for the "
+                                       "fgsm_acc/pgd_acc columns, PGD with --adv-steps (0 = all)")
+
+    def validate(self):
+        check_attack(self.adv_eps, self.adv_step, self.adv_steps,
+                     ("--adv-eps", "--adv-step", "--adv-steps"))
+        if self.adv_monitor_subset < 0:
+            raise UserError(f"--adv-monitor-subset must be >= 0, got {self.adv_monitor_subset}")
 
 
 class Parser(argparse.ArgumentParser):

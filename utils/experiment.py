@@ -5,9 +5,8 @@ from pathlib import Path
 import torch
 
 from data import load_from_config
-from utils.attacks import AdversarialConfig, adversarial_train_kwargs
-from utils.config import (DataConfig, RunConfig, TrainConfig, add_dataclass_args, as_dict,
-                          from_args, make_parser)
+from utils.config import (AdversarialConfig, DataConfig, RunConfig, TrainConfig, add_dataclass_args,
+                          as_dict, from_args, make_parser)
 from utils.errors import UserError
 from utils.train import select_device, set_precision
 
@@ -50,6 +49,8 @@ class Setup:
         training's `perturb` and `extra_metrics`, set by flags added in `task_parser`)."""
         if self.adv is None or not self.adv.adv_train:
             return {}
+        from utils.attacks import adversarial_train_kwargs  # attack code only when it is used
+
         a = self.adv
         return adversarial_train_kwargs(self.test, self.run.seed, a.adv_eps, a.adv_step,
                                         a.adv_steps, a.adv_monitor_subset)
