@@ -4,12 +4,15 @@
     python train_dense.py --bn-l1 1e-4 --run-name dense_slim   # network-slimming penalty
 
 Writes checkpoints/<run>/{init.pt, epoch_010.pt, ..., bn_history.pt} and
-results/<run>/{trajectory.csv, summary.json}; see docs/train_dense.md.
+results/<run>/{trajectory.csv, summary.json}; see docs/train_dense.md. --save-epochs beyond
+--epochs is an error, not ignored.
 """
 from models import ARCHS, get_model, prunable_weights
 from utils.errors import UserError, cli_main
 from utils.experiment import task_parser, task_setup
 from utils.train import seeded, train_run
+
+DEFAULT_SAVE_EPOCHS = (10, 30, 50, 100, 160)  # the ticket epochs of Tasks 2-4 and the last one
 
 
 def parse_args(argv):
@@ -17,8 +20,10 @@ def parse_args(argv):
     parser.add_argument("--arch", default="resnet20", help=f"one of {', '.join(ARCHS)}")
     parser.add_argument("--shortcut", default="B", choices=("A", "B"),
                         help="B: 1x1 conv + BN on stride/width changes (open_lth); A: zero-padded identity")
-    parser.add_argument("--save-epochs", type=int, nargs="*", default=[10, 30, 50, 100, 160],
-                        help="epochs whose weights are kept as epoch_EEE.pt (the last epoch always is)")
+    parser.add_argument("--save-epochs", type=int, nargs="*", default=None,
+                        help="epochs whose weights are kept as epoch_EEE.pt (the last epoch always is); "
+                             f"default: those of {' '.join(map(str, DEFAULT_SAVE_EPOCHS))} within "
+                             "--epochs; a value beyond --epochs is an error")
     parser.add_argument("--bn-l1", type=float, default=0.0,
                         help="network-slimming L1 penalty λ on BatchNorm scaling factors")
     parser.add_argument("--run-name", default="dense", help="folder name under checkpoints/ and results/")
@@ -32,11 +37,17 @@ def main(argv=None):
         raise UserError(f"unknown --arch {args.arch!r}; choose one of {', '.join(ARCHS)}")
     if args.bn_l1 < 0:
         raise UserError(f"--bn-l1 must be >= 0, got {args.bn_l1}")
+    if args.save_epochs is None:
+        args.save_epochs = [e for e in DEFAULT_SAVE_EPOCHS if e <= args.epochs]
+    late = sorted(e for e in args.save_epochs if not 0 <= e <= args.epochs)
+    if late:  # never silently dropped: a later task would look for these checkpoints
+        raise UserError(f"--save-epochs {' '.join(map(str, late))} lie outside the run's "
+                        f"0..{args.epochs} epochs; keep them within --epochs (or raise --epochs)")
 
     # Step 1a: settings, device, and the data held on the device.
     setup = task_setup(args)
     hp, seed = setup.hp, setup.run.seed
-    save_epochs = sorted({e for e in args.save_epochs if 0 < e <= hp.epochs} | {hp.epochs} - {0})
+    save_epochs = sorted({e for e in args.save_epochs if e > 0} | {hp.epochs} - {0})
     config = setup.config(arch=args.arch, shortcut=args.shortcut, bn_l1=args.bn_l1,
                           run_name=args.run_name)
 

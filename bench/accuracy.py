@@ -1,6 +1,6 @@
 """Final test accuracy of our training loop vs the common public recipe, same settings, over seeds.
 
-    python bench/accuracy.py --data-dir ../shared/data/cifar10 --epochs 30 --milestones 15 23 --seeds 0 1 2
+    python bench/accuracy.py --data-dir data --epochs 30 --milestones 15 23 --seeds 0 1 2
 
 Both train the same ResNet-20 on the same images with the same recipe; only the data path and
 the training step differ (bench/public_recipe.py). Prints a table and the mean of each.

@@ -1,6 +1,6 @@
 """Images/s of our training loop, and seconds per full epoch (train + test evaluation).
 
-    python bench/throughput.py --data-dir ../shared/data/cifar10 --compare-public
+    python bench/throughput.py --data-dir data --compare-public
 
 With --compare-public the common public recipe (bench/public_recipe.py: torchvision transforms
 in a DataLoader with 2 workers, NCHW fp32) is measured in the same run, interleaved with ours,
@@ -34,13 +34,14 @@ def time_ours(model, optimizer, setup, steps):
     order, aug, bs = cpu_generator(0, "order"), cpu_generator(0, "augment"), setup.hp.batch_size
     sync(setup.device)
     t0 = time.perf_counter()
-    loss, _ = train_epoch(model, optimizer, setup.train, bs, order, aug, max_steps=steps)
+    loss, _ = train_epoch(model, optimizer, setup.train, bs, order, aug, max_steps=steps,
+                          precision=setup.precision)
     loss.item()  # the one host sync, as in train_run
     step_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    loss, _ = train_epoch(model, optimizer, setup.train, bs, order, aug)
+    loss, _ = train_epoch(model, optimizer, setup.train, bs, order, aug, precision=setup.precision)
     loss.item()
-    evaluate(model, setup.test)
+    evaluate(model, setup.test, precision=setup.precision)
     return step_seconds, time.perf_counter() - t0
 
 
@@ -75,7 +76,7 @@ def main(argv=None):
     model = seeded(lambda: get_model(args.arch), 0).to(setup.device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, hp)
     train_epoch(model, optimizer, setup.train, hp.batch_size, cpu_generator(1, "o"), cpu_generator(1, "a"),
-                max_steps=args.warmup)
+                max_steps=args.warmup, precision=setup.precision)
     runs = {"ours": []}
     if args.compare_public:
         from bench import public_recipe

@@ -1,10 +1,16 @@
-"""Model registry and checkpoint loading (``../shared/interface.md``, "Models" and "Files")."""
+"""Model registry and checkpoint loading.
+
+A checkpoint is a `torch.save`d dict: `model` (state_dict), `arch`, `epoch`, `config` (every
+setting of the run) and, where they apply, `mask` (parameter name -> 0/1 tensor) and `widths`
+(the inner widths of a channel-pruned network).
+"""
 from pathlib import Path
 
 import torch
 
 from models.resnet import CifarResNet
 from utils.errors import UserError
+from utils.io import load_torch
 
 ARCHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
 
@@ -21,11 +27,7 @@ def read_checkpoint(path, device="cpu", hint="python train_dense.py"):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; make it with: {hint}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch.load raises many types for a file that is not a checkpoint
-        raise UserError(f"checkpoint {path} is unreadable ({str(e).splitlines()[0][:120]}); "
-                        f"delete it and make it again with: {hint} --force") from None
+    ckpt = load_torch(path, f"delete it and make it again with: {hint} --force", device, kind=None)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this project (no 'model'/'arch'); "
                         f"make it with: {hint}")

@@ -13,18 +13,9 @@ from data import load_cifar10
 from models import load_checkpoint
 from utils.attacks import (PGDTraining, RobustMonitor, fgsm, frozen_bn_stats, pgd, robust_evaluate,
                            subset, uniform_noise)
-from utils.train import cpu_generator, evaluate, set_precision
+from utils.train import cpu_generator, evaluate
 
 EPS, STEP = 8 / 255, 2 / 255
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fp32():
-    """The head below is fitted on fp32 features, so the attacks run in fp32 too (bf16 autocast,
-    the default on CPUs with native bf16, would evaluate a slightly different network)."""
-    set_precision("fp32")
-    yield
-    set_precision("auto")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ def fitted(tiny_dense, slice64):
         loss.backward()
         opt.step()
     model.zero_grad(set_to_none=True)
-    assert evaluate(model, train)[1] >= 90, "the head should fit 64 images"
+    assert evaluate(model, train, precision="fp32")[1] >= 90, "the head should fit 64 images"
     return model, train
 
 

@@ -32,6 +32,8 @@ class RunConfig:
     checkpoint_dir: str = _f("checkpoints", "where .pt files go")
     results_dir: str = _f("results", "where CSV / JSON go")
     force: bool = _f(False, "redo finished runs (default: skip finished, resume interrupted)")
+    deterministic: bool = _f(False, "deterministic cuDNN kernels (no autotuning): bit-identical reruns "
+                                    "on a GPU, somewhat slower; CPU runs are deterministic either way")
 
 
 @dataclass
@@ -42,8 +44,9 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "L2 weight decay (all parameters)")
     milestones: tuple[int, ...] = _f((80, 120), "epochs after which the learning rate is multiplied by 0.1")
-    precision: str = _f("auto", "bf16 autocast with fp32 master weights, or fp32; auto = bf16 on CUDA "
-                        "and on CPUs with native bf16 (AVX512-BF16/AMX)", choices=("auto", "fp32", "bf16"))
+    precision: str = _f("auto", "bf16 autocast with fp32 master weights, or fp32; auto = bf16 only "
+                        "with native bf16: CUDA GPUs of compute capability >= 8.0 and CPUs with "
+                        "AVX512-BF16/AMX", choices=("auto", "fp32", "bf16"))
 
     def validate(self):
         if self.epochs < 0:

@@ -8,7 +8,7 @@ from data import load_from_config
 from utils.config import (AdversarialConfig, DataConfig, RunConfig, TrainConfig, add_dataclass_args,
                           as_dict, from_args, make_parser)
 from utils.errors import UserError
-from utils.train import select_device, set_precision
+from utils.train import resolve_precision, select_device
 
 
 def task_parser(description, adversarial=True, **train_defaults):
@@ -44,6 +44,11 @@ class Setup:
     def results_dir(self):
         return Path(self.run.results_dir)
 
+    @property
+    def precision(self):
+        """'bf16' or 'fp32': what --precision means on this run's device."""
+        return resolve_precision(self.hp.precision, self.device)
+
     def train_kwargs(self):
         """Extra keyword arguments every script passes to `train_run` (e.g. adversarial
         training's `perturb` and `extra_metrics`, set by flags added in `task_parser`)."""
@@ -66,11 +71,10 @@ def task_setup(args, load_data=True):
     """Validate the common flags, pick the device, load the data onto it."""
     data_cfg, run_cfg, hp = (from_args(c, args) for c in (DataConfig, RunConfig, TrainConfig))
     hp.validate()
-    set_precision(hp.precision)
     adv = from_args(AdversarialConfig, args) if hasattr(args, "adv_train") else None
     if adv is not None:
         adv.validate()
-    device = select_device(run_cfg.device)
+    device = select_device(run_cfg.device, run_cfg.deterministic)
     train, test = load_from_config(data_cfg, device) if load_data else (None, None)
     return Setup(data_cfg, run_cfg, hp, device, train, test, adv)
 

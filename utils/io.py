@@ -1,13 +1,26 @@
-"""Atomic file writes (temporary name, then rename) and small CSV/JSON helpers."""
+"""Atomic file writes (temporary name, then rename), guarded reads, small CSV/JSON helpers.
+
+Reading: `load_json` and `load_torch` are the one way this project reads a JSON or torch file it
+wrote. A damaged or foreign file is a `UserError` naming the file, what is wrong with it and the
+fix (the caller's `fix`, e.g. "rerun with --force"), never a traceback.
+Writing: text files whose content is unchanged are not rewritten, so rerunning a finished command
+leaves every file (and its modification time) as it was.
+"""
 import csv
 import io
 import json
 import math
 import os
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
+
+from utils.errors import UserError
+
+DEFAULT_FIX = "delete it, or rerun with --force"
 
 
 def _umask():
@@ -38,7 +51,15 @@ def save_torch(obj, path):
 
 
 def save_text(text, path):
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    """Write `text` atomically; a file that already holds exactly this text is left untouched."""
+    data = text.encode()
+    path = Path(path)
+    try:
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def save_json(obj, path):
@@ -53,9 +74,56 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def load_json(path):
-    with open(path) as f:
-        return json.load(f)
+def load_json(path, fix=DEFAULT_FIX, kind=dict):
+    """The JSON object in `path`; a missing, damaged or foreign file is a UserError saying `fix`.
+
+    `kind` is the type the top level must have (None: any).
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged (not valid JSON: {str(e).splitlines()[0][:80]}); "
+                        f"{fix}") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror}); {fix}") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not the {kind.__name__} this "
+                        f"project writes there; {fix}")
+    return obj
+
+
+def load_torch(path, fix=DEFAULT_FIX, map_location="cpu", kind=dict):
+    """torch.load(path, weights_only=True), every failure a one-line UserError saying `fix`.
+
+    A file that is not a PyTorch zip archive is "not a PyTorch checkpoint"; a zip archive torch
+    cannot read is damaged (e.g. truncated by a full disk); `kind` is the type the loaded object
+    must have (None: any).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found; {fix}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise UserError(f"{path} is unreadable: not a PyTorch checkpoint (a file of another kind); {fix}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is unreadable: a damaged PyTorch file (truncated, its zip "
+                        f"directory is missing); {fix}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on odd files
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types: RuntimeError, UnpicklingError, KeyError...
+        text = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        raise UserError(f"{path} is unreadable: a damaged PyTorch file ({text}); {fix}") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise UserError(f"{path} holds a {type(obj).__name__}, not the {kind.__name__} this "
+                        f"project writes there; {fix}")
+    return obj
 
 
 def _fmt(v):
