@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from models import count_params, load_checkpoint, get_model, read_checkpoint
+from models import count_params, load_checkpoint, get_model, model_from_checkpoint, read_checkpoint
 from utils.channels import (block_gammas, compact_model, count_flops, forward_seconds,
                             prunable_bn_names, select_channels)
 from utils.early_bird import (check_dense_checkpoints, check_detector, dense_checkpoint, dense_hint,
                               detect, load_bn_history, parse_ticket_epochs, training_flops,
                               write_detection)
+from utils.dense_run import dense_weights_at
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import save_csv
@@ -106,7 +107,7 @@ def main(argv=None):
         for r in [r for r, e in found.items() if e is None]:
             print(f"note: no Early-Bird epoch for ratio {r:g}; skipped (raise --eb-eps or pass "
                   "--ticket-epochs)", file=sys.stderr)
-        check_dense_checkpoints(dense_run, sorted({e for e, _ in tickets}), final_epoch, hint)
+        check_dense_checkpoints(dense_run, [], final_epoch, hint)  # unsaved epochs are replayed
     else:  # explicit epochs: their checkpoints were checked in Step 1
         tickets = [(e, r) for e in ticket_epochs for r in ratios]
 
@@ -128,7 +129,11 @@ def main(argv=None):
     rows, ticket_model, ticket_at = [], None, None
     for epoch, ratio in tickets:
         if ticket_at != epoch:
-            ticket_model, _ = load_checkpoint(dense_checkpoint(dense_run, epoch), device, hint)
+            ticket_ckpt, _ = dense_weights_at(  # saved epoch_EEE.pt, else a checked replay
+                dense_run, epoch, dense_results=Path(args.results_dir) / dense_run.name,
+                replay_dir=ckpt_root / "replay", replay_results=res_root / "replay",
+                data_dir=args.data_dir, device=device, download=not args.no_download, hint=hint)
+            ticket_model = model_from_checkpoint(ticket_ckpt, device)
             ticket_at, dense_epoch_acc = epoch, evaluate(ticket_model, setup.test)[1]
         selection = select_channels(block_gammas(ticket_model), ratio)
         widths = selection.widths

@@ -1,0 +1,157 @@
+"""The dense run's weights after any epoch t: its saved checkpoint, else a checked replay.
+
+`train_dense.py` keeps only a few epochs (`--save-epochs`). A task that needs the weights of an
+epoch it did not keep (Early-Bird's `--ticket-epochs auto`, EarlyCroP's detected epoch) replays
+the dense run's first t epochs from its `init.pt` with the dense run's own recipe, seed,
+precision, BN-L1 penalty and training/test subsets (read from the config saved in `init.pt`;
+only the data folder and the device come from the caller), through the same `train_run`. The
+same seed gives the same data order and crops, so on the device the dense run used, the replay
+is the dense run. That is checked: the replay's test accuracy and `weight_distance`
+(‖θ_t − θ₀‖²) at epoch t must equal the dense run's `trajectory.csv` row t (to the 6
+significant digits the CSV keeps); a mismatch (another device, another precision, a changed
+data slice) is a UserError, never silently different weights.
+
+The replayed checkpoint is kept as `<replay_dir>/epoch_EEE.pt` (a normal checkpoint plus
+`replay_of`: the SHA-256 of `init.pt`'s weights), so it is computed once; the replay run's own
+trajectory and summary go to `<replay_results>/epoch_EEE/`, and an interrupted replay resumes
+from `<replay_dir>/epoch_EEE.run/resume.pt`. Callers choose the folders beside their own
+outputs (EarlyCroP: `checkpoints/earlycrop/replay/`; Early-Bird: `checkpoints/<its run
+name>/replay/`), never inside the dense run's folder, which other scripts read concurrently.
+"""
+import contextlib
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from data import load_cifar10
+from models import model_from_checkpoint, prunable_weights, read_checkpoint
+from utils import train as train_mod
+from utils.config import TrainConfig
+from utils.errors import UserError
+from utils.io import load_csv
+from utils.pruning import weights_fingerprint
+from utils.train import train_run
+
+CHECKED_COLUMNS = ("test_acc", "weight_distance")
+
+
+def dense_checkpoint_path(dense_run, epoch):
+    return Path(dense_run) / ("init.pt" if epoch == 0 else f"epoch_{epoch:03d}.pt")
+
+
+def dense_trajectory(dense_results, hint="python train_dense.py"):
+    """The dense run's trajectory rows (dicts of strings); UserError when missing."""
+    path = Path(dense_results) / "trajectory.csv"
+    if not path.is_file():
+        raise UserError(f"{path} not found (the dense run's trajectory); make it with: {hint}")
+    rows = load_csv(path)
+    if not rows or "weight_distance" not in rows[0]:
+        raise UserError(f"{path} has no weight_distance column (train_dense.py writes it); "
+                        f"make it again with: {hint} --force")
+    return rows
+
+
+def _matches(a, b):
+    """Equal to the 6 significant digits trajectory.csv keeps (its own rounding included)."""
+    return math.isclose(a, b, rel_tol=2e-5, abs_tol=1e-9)
+
+
+@contextlib.contextmanager
+def _precision(name):
+    """Run with the dense run's --precision; the caller's is restored afterwards."""
+    before = train_mod._precision
+    train_mod.set_precision(name)
+    try:
+        yield
+    finally:
+        train_mod._precision = before
+
+
+def dense_weights_at(dense_run, epoch, *, dense_results, replay_dir, replay_results, data_dir,
+                     device="cpu", download=False, hint="python train_dense.py"):
+    """(checkpoint dict, path) of the dense run `dense_run` after epoch `epoch`.
+
+    The saved `epoch_EEE.pt` (or `init.pt` for 0) when the dense run kept it; else an earlier
+    replay in `replay_dir` of this very init; else a fresh replay, checked against the dense
+    run's trajectory in `dense_results`. `data_dir` and `download` say where the CIFAR-10 files
+    are; which images are used comes from the dense run's config.
+    """
+    dense_run, replay_dir, replay_results = Path(dense_run), Path(replay_dir), Path(replay_results)
+    saved = dense_checkpoint_path(dense_run, epoch)
+    if saved.is_file():
+        return read_checkpoint(saved, "cpu", hint), saved
+
+    init = read_checkpoint(dense_checkpoint_path(dense_run, 0), "cpu", hint)
+    config = dict(init.get("config") or {})
+    final_epoch = int(config.get("epochs", 0))
+    if not 0 < epoch <= final_epoch:
+        raise UserError(f"epoch {epoch} lies beyond the dense run {dense_run} ({final_epoch} epochs); "
+                        f"pass an epoch from 0 to {final_epoch}")
+    fingerprint = weights_fingerprint(init["model"])
+    name = f"epoch_{epoch:03d}"
+    kept = replay_dir / f"{name}.pt"
+    if kept.is_file():
+        ckpt = read_checkpoint(kept, "cpu", f"delete {kept}; it is replayed again")
+        if ckpt.get("replay_of") == fingerprint and ckpt.get("epoch") == epoch:
+            return ckpt, kept
+        print(f"note: {kept} was replayed from another dense run; replaying again", file=sys.stderr)
+
+    # The trajectory row to check against, before any training.
+    rows = dense_trajectory(dense_results, hint)
+    row = next((r for r in rows if int(float(r["epoch"])) == epoch), None)
+    if row is None or any(row.get(c) in (None, "") for c in CHECKED_COLUMNS):
+        raise UserError(f"{Path(dense_results) / 'trajectory.csv'} has no complete row for epoch {epoch}; "
+                        f"finish the dense run: {hint}")
+
+    # The dense run's own recipe, data and seed; only the length is cut to `epoch`.
+    hp = TrainConfig(**{k: (tuple(config[k]) if isinstance(config.get(k), list) else config[k])
+                        for k in TrainConfig.__dataclass_fields__ if k in config})
+    hp.epochs = epoch
+    seed = int(config.get("seed", 0))
+    train, test = load_cifar10(data_dir, download, int(config.get("train_subset") or 0),
+                               int(config.get("test_subset") or 0), device)
+    model = model_from_checkpoint(init, device)
+    init_weights = {n: w.detach().clone() for n, w in prunable_weights(model).items()}
+    extra = {}
+    if config.get("adv_train"):  # a PGD-trained dense run replays with the same attack
+        from utils.attacks import adversarial_train_kwargs
+        extra = adversarial_train_kwargs(test, seed, config["adv_eps"], config["adv_step"],
+                                         config["adv_steps"], config["adv_monitor_subset"])
+    run_config = dict(config, epochs=epoch, replay_of=fingerprint)
+    run_dir, results = replay_dir / f"{name}.run", replay_results / name
+    (results / "summary.json").unlink(missing_ok=True)  # its checkpoint is gone: train it again
+    print(f"dense run {dense_run} kept no {saved.name}: replaying its first {epoch} epochs "
+          f"from init.pt into {kept}", file=sys.stderr)
+    with _precision(config.get("precision", "auto")):
+        train_run(model, train, test, hp, arch=init["arch"], config=run_config, ckpt_dir=run_dir,
+                  results_dir=results, seed=seed, save_as=[(epoch, "weights.pt")],
+                  bn_l1=float(config.get("bn_l1", 0.0)), weight_distance_ref=init_weights,
+                  checkpoint_extra={"replay_of": fingerprint}, desc=f"replay dense to epoch {epoch}",
+                  **extra)
+
+    # The check: the replay is the dense run only if it reproduces the dense run's numbers.
+    mine = next(r for r in load_csv(results / "trajectory.csv") if int(float(r["epoch"])) == epoch)
+    wrong = [c for c in CHECKED_COLUMNS if not _matches(float(mine[c]), float(row[c]))]
+    if wrong:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        (results / "summary.json").unlink(missing_ok=True)
+        what = ", ".join(f"{c} {mine[c]} vs {row[c]}" for c in wrong)
+        raise UserError(f"replaying dense run {dense_run} to epoch {epoch} gave other numbers than its "
+                        f"trajectory ({what}); replay on the device and data it was trained with "
+                        f"(it ran on {_dense_device(dense_results)}), or retrain it saving that epoch: "
+                        f"{hint} --save-epochs {epoch} {final_epoch} --force")
+    (run_dir / "weights.pt").replace(kept)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return read_checkpoint(kept, "cpu", hint), kept
+
+
+def _dense_device(dense_results):
+    path = Path(dense_results) / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("device", "an unknown device")
+    except (OSError, ValueError):
+        return "an unknown device"
