@@ -217,18 +217,23 @@ def test_code_zip_holds_tracked_source_only(tmp_path):
     assert names == [".gitignore", "README.md", "scratch.py", "tests/test_a.py", "train.py"]
 
 
+def report_markdown(results, tmp_path):
+    """The report's text and tables (the analysis alone: no figures drawn, no PDF set)."""
+    from utils.analysis import build_doc
+    from utils.document import to_markdown
+    return to_markdown(build_doc(Results(results), tmp_path / "none.md"), {})
+
+
 def test_task2_is_compared_with_the_fine_tuned_dense_network(results, tmp_path):
     """A sparsity-0 row (the dense network fine-tuned with Task 2's schedule) adds a column and
     the comparison "does pruning improve accuracy?" against it; the figure draws it as a line."""
     from fixtures.results_tree import summary, trajectory, write_csv
-    from utils.report import write_report
     tuned = 91.5
     trajectory(results / "magnitude" / "sparsity_0" / "trajectory.csv", 3, DENSE_ACC, tuned)
     summary(results / "magnitude" / "sparsity_0" / "summary.json", tuned, DENSE_ACC, 3, lr=0.01, milestones=[2])
     write_csv(results / "magnitude" / "summary.csv", ["sparsity", "dense_acc", "pruned_acc", "retrained_acc"],
               [(0.0, DENSE_ACC, DENSE_ACC, tuned)] + [(s, DENSE_ACC, p, r) for s, p, r in MAGNITUDE])
-    write_report(results, tmp_path / "none.md", tmp_path / "r.pdf", tmp_path / "r.md")
-    md = (tmp_path / "r.md").read_text()
+    md = report_markdown(results, tmp_path)
     header, rows = md_table(md, "magnitude")
     assert header[-1] == "retrained - fine-tuned dense"
     assert rows[0] == ["0% (dense, fine-tuned)", "91.00", "91.00", "91.50", "+0.50", "+0.50", "+0.00"]
@@ -247,9 +252,7 @@ def test_task2_is_compared_with_the_fine_tuned_dense_network(results, tmp_path):
 
 
 def test_without_the_fine_tuned_dense_network_the_report_says_how_to_get_it(results, tmp_path):
-    from utils.report import write_report
-    write_report(results, tmp_path / "none.md", tmp_path / "r.pdf", tmp_path / "r.md")
-    md = (tmp_path / "r.md").read_text()
+    md = report_markdown(results, tmp_path)
     assert "run python prune_magnitude.py --sparsities 0 0.5 0.7 0.9 to separate the two" in md
     assert md_table(md, "magnitude")[0][-1] == "retrained - original"
 
