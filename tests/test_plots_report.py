@@ -9,6 +9,7 @@ import zipfile
 import matplotlib
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, assert_user_error, run_script
 from fixtures.results_tree import DENSE_ACC, EARLY_BIRD, LOTTERY, MAGNITUDE, TICKET_EPOCHS, make_results_tree
@@ -214,3 +215,88 @@ def test_code_zip_holds_tracked_source_only(tmp_path):
     shutil.rmtree(repo / ".git")
     names = write_code_zip(repo, tmp_path / "out" / "code2.zip")
     assert names == [".gitignore", "README.md", "scratch.py", "tests/test_a.py", "train.py"]
+
+
+def report_markdown(results, tmp_path):
+    """The report's text and tables (the analysis alone: no figures drawn, no PDF set)."""
+    from utils.analysis import build_doc
+    from utils.document import to_markdown
+    return to_markdown(build_doc(Results(results), tmp_path / "none.md"), {})
+
+
+def test_task2_is_compared_with_the_fine_tuned_dense_network(results, tmp_path):
+    """A sparsity-0 row (the dense network fine-tuned with Task 2's schedule) adds a column and
+    the comparison "does pruning improve accuracy?" against it; the figure draws it as a line."""
+    from fixtures.results_tree import summary, trajectory, write_csv
+    tuned = 91.5
+    trajectory(results / "magnitude" / "sparsity_0" / "trajectory.csv", 3, DENSE_ACC, tuned)
+    summary(results / "magnitude" / "sparsity_0" / "summary.json", tuned, DENSE_ACC, 3, lr=0.01, milestones=[2])
+    write_csv(results / "magnitude" / "summary.csv", ["sparsity", "dense_acc", "pruned_acc", "retrained_acc"],
+              [(0.0, DENSE_ACC, DENSE_ACC, tuned)] + [(s, DENSE_ACC, p, r) for s, p, r in MAGNITUDE])
+    md = report_markdown(results, tmp_path)
+    header, rows = md_table(md, "magnitude")
+    assert header[-1] == "retrained - fine-tuned dense"
+    assert rows[0] == ["0% (dense, fine-tuned)", "91.00", "91.00", "91.50", "+0.50", "+0.50", "+0.00"]
+    assert [r[-1] for r in rows[1:]] == [f"{r - tuned:+.2f}" for _, _, r in MAGNITUDE]
+    assert "beats the original network at 50% (+0.20 points)" in md  # still said, against the original
+    assert "fine-tuned with the same schedule reaches 91.50% (+0.50 points over the original)" in md
+    assert ("Against the fine-tuned dense network, pruning improves accuracy at no sparsity: the best pruned "
+            "network (50%) is -0.30 points from it") in md
+    assert "retraining recovers" in md and "At 0% sparsity" not in md  # no pruning at 0%: no such bullet
+    _, rows = md_table(md, "task2_vs_task3")
+    assert [r[0] for r in rows] == ["50%", "70%", "90%"]  # the fine-tuned dense is no pruned network
+
+    ax = fig_accuracy_vs_sparsity(Results(results)).axes[0]
+    assert _line(ax, f"dense, fine-tuned like Task 2 ({tuned:.2f}%)").get_ydata()[0] == tuned
+    assert list(_line(ax, "magnitude pruned + retrained (Task 2)").get_xdata()) == [50, 70, 90]
+
+
+def test_without_the_fine_tuned_dense_network_the_report_says_how_to_get_it(results, tmp_path):
+    md = report_markdown(results, tmp_path)
+    assert "run python prune_magnitude.py --sparsities 0 0.5 0.7 0.9 to separate the two" in md
+    assert md_table(md, "magnitude")[0][-1] == "retrained - original"
+
+
+def test_wide_tables_wrap_and_break_across_pages(tmp_path):
+    """fpdf2 tables: a 12-column table with long cells and unbreakable words is set within the
+    page (no error), and more rows flow onto more pages instead of being cut off."""
+    from utils.document import Doc, Table, render_pdf, to_markdown
+    columns = [f"column {i} with a long heading" for i in range(12)]
+
+    def doc_with(n_rows):
+        doc = Doc()
+        doc.h1("Wide")
+        doc.p("γ ε ≈ − text in DejaVu " * 40)
+        rows = [[f"robustness/resnet20/ticket_pgd_mask/pgd/sparsity_{r}"] + [f"{r * i / 7:.2f}" for i in range(11)]
+                for r in range(n_rows)]
+        doc.table(Table("wide", "a wide table", columns, rows))
+        doc.figure("absent")
+        return doc
+
+    pages = {}
+    for n in (5, 200):
+        doc = doc_with(n)
+        with open(tmp_path / f"{n}.pdf", "wb") as f:
+            pages[n], skipped = render_pdf(doc, f, lambda name: (None, f"skipped {name}"), "t")
+        assert skipped == {"absent": "skipped absent"}
+        assert pdf_pages(tmp_path / f"{n}.pdf") == pages[n]
+    assert pages[5] == 1 and pages[200] >= 4
+    md = to_markdown(doc_with(3), {})
+    assert "| robustness/resnet20/ticket_pgd_mask/pgd/sparsity_2 | 0.00 | 0.29 |" in md
+    assert "Figure: plots/absent.png" in md
+
+
+def test_read_matrix_reads_the_layout_early_bird_writes(tmp_path):
+    from utils.early_bird import write_detection
+    from utils.errors import UserError
+    from utils.plots import read_matrix
+    dist = torch.tensor([[0.0, 0.25, 0.5], [0.25, 0.0, 0.125], [0.5, 0.125, 0.0]], dtype=torch.float64)
+    write_detection({"eps": 0.1, "window": 2, "ratios": {}}, {0.3: dist}, tmp_path)
+    epochs, matrix = read_matrix(tmp_path / "mask_distance_ratio_30.csv")
+    assert epochs == [0, 1, 2]
+    np.testing.assert_array_equal(matrix, dist.numpy())
+    for text in ("0,1\n0.1,0.2\n", "epoch,0,1\n0,0.0\n1,0.1,0.0\n", "epoch,0,1\n0,0,x\n1,0,0\n",
+                 "epoch,0,1\n0,0,1\n2,1,0\n"):
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(UserError, match="early_bird.py --detect-only"):
+            read_matrix(tmp_path / "bad.csv")

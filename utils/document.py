@@ -56,10 +56,6 @@ class Doc:
     def tables(self):
         return {b[1].name: b[1] for b in self.blocks if b[0] == "table"}
 
-    @property
-    def figures(self):
-        return [b[1] for b in self.blocks if b[0] == "figure"]
-
 
 # ---- Markdown ------------------------------------------------------------------------------
 
