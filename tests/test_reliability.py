@@ -307,7 +307,11 @@ def test_robustness_resumes_and_a_changed_dense_network_is_never_reused(tmp_path
     ckpt["model"]["linear.weight"] += 1
     torch.save(ckpt, dense_final)
     proc = call_exit(robustness.main, [*args, *dirs(cut)], capsys)
-    assert_user_error(proc, "mask_source_sha256", "--force")
+    # the runs before it print their "finished already" lines; the error is the last line
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert last.startswith("error:") and "ticket_pgd_mask" in last
+    assert "mask_source_sha256" in last and "--force" in last
 
 
 # --- damaged files --------------------------------------------------------------------------
