@@ -9,6 +9,11 @@ Reads the dense run (train_dense.py): its epoch_EEE.pt checkpoints and bn_histor
 checkpoints/early_bird/epoch_EEE/ratio_R/{compact.pt,final.pt},
 results/early_bird/epoch_EEE/ratio_R/trajectory.csv, results/early_bird/summary.csv,
 results/early_bird/detection.json and mask_distance_ratio_R.csv; see docs/early_bird.md.
+
+A ticket is identified by the hash of the dense weights it is drawn from, not by the dense run's
+path: moving the checkpoint folder (and passing the new --checkpoint-dir) keeps finished tickets
+finished. summary.csv keeps the rows of earlier commands for other (epoch, ratio) pairs, and a
+rerun of a finished command re-times nothing and writes no file (timings live in speed.json).
 """
 import sys
 from pathlib import Path
@@ -24,8 +29,9 @@ from utils.early_bird import (check_dense_checkpoints, check_detector, dense_che
 from utils.dense_run import dense_weights_at
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
-from utils.io import save_csv
-from utils.train import evaluate, seeded, train_run
+from utils.io import load_csv, load_json, save_csv, save_json
+from utils.pruning import weights_fingerprint
+from utils.train import evaluate, plan_run, seeded, train_run
 
 CIFAR10_TRAIN_IMAGES = 50000  # images per dense epoch when the dense run used them all
 SUMMARY_COLUMNS = [
@@ -34,6 +40,30 @@ SUMMARY_COLUMNS = [
     "forced_channels", "dense_params", "dense_flops", "params_ratio", "flops_ratio",
     "train_flops", "dense_train_flops", "train_flops_ratio", "dense_forward_ms",
     "forward_ms", "speedup", "speed_device"]
+
+
+TICKET_OUTPUTS = ("compact.pt", "final.pt")
+
+
+def speed_of(path, args, device, fresh):
+    """The ticket's saved timings (speed.json) when they were measured the same way on this
+    device kind, else None (time it). `fresh` not None: the run trains again, so time it again."""
+    if fresh is not None or not path.is_file():
+        return None
+    speed = load_json(path, f"delete {path} to time the ticket again")
+    same = (speed.get("speed_device") == str(device) and speed.get("speed_batch") == args.speed_batch
+            and speed.get("speed_repeats") == args.speed_repeats)
+    return speed if same and {"dense_forward_ms", "forward_ms"} <= speed.keys() else None
+
+
+def merge_rows(path, rows):
+    """This command's rows plus the rows of an earlier summary.csv for other (epoch, ratio)
+    tickets, sorted by ticket epoch then ratio: nothing an earlier command measured is dropped."""
+    def key(r):
+        return int(r["ticket_epoch"]), float(r["ratio"])
+    new = {key(r) for r in rows}
+    old = [r for r in load_csv(path) if key(r) not in new] if path.is_file() else []
+    return sorted(old + rows, key=key)
 
 
 def parse_args(argv):
@@ -114,8 +144,9 @@ def main(argv=None):
     # Step 4: data, and the trained dense network: accuracy, size, cost, timing reference.
     setup = task_setup(args)
     device, seed = setup.device, setup.run.seed
+    precision = setup.hp.precision
     dense, _ = load_checkpoint(dense_checkpoint(dense_run, final_epoch), device, hint)
-    dense_acc = evaluate(dense, setup.test)[1]
+    dense_acc = evaluate(dense, setup.test, precision=precision)[1]
     dense_params, dense_flops = count_params(dense), count_flops(dense)
     dense_images = dense_config.get("train_subset") or CIFAR10_TRAIN_IMAGES
     dense_train_flops = training_flops(final_epoch, dense_images, dense_flops)
@@ -134,28 +165,40 @@ def main(argv=None):
                 replay_dir=ckpt_root / "replay", replay_results=res_root / "replay",
                 data_dir=args.data_dir, device=device, download=not args.no_download, hint=hint)
             ticket_model = model_from_checkpoint(ticket_ckpt, device)
-            ticket_at, dense_epoch_acc = epoch, evaluate(ticket_model, setup.test)[1]
+            ticket_at = epoch
+            dense_epoch_acc = evaluate(ticket_model, setup.test, precision=precision)[1]
+            # the ticket's identity: the weights it is drawn from, wherever the folder lies
+            dense_sha256 = weights_fingerprint(ticket_ckpt["model"])
         selection = select_channels(block_gammas(ticket_model), ratio)
         widths = selection.widths
         compact = compact_model(ticket_model, selection.keep)
-        pruned_acc = evaluate(compact, setup.test)[1]
+        pruned_acc = evaluate(compact, setup.test, precision=precision)[1]
         params, flops = count_params(compact), count_flops(compact)
-        dense_s, compact_s = forward_seconds(
-            [dense, compact.to(memory_format=torch.channels_last)], speed_x, args.speed_repeats)
+
+        sub = Path(f"epoch_{epoch:03d}") / pct_name(ratio, "ratio")
+        config = setup.config(arch=arch, shortcut=shortcut, dense_sha256=dense_sha256, ticket_epoch=epoch,
+                              ratio=ratio, retrain_from=args.retrain_from, widths=widths)
+        plan = plan_run(ckpt_root / sub, res_root / sub, config, TICKET_OUTPUTS, setup.run.force)
+        speed = speed_of(res_root / sub / "speed.json", args, device, None if plan.skip else {})
+        if speed is None:  # timed once per trained ticket, kept beside its trajectory
+            dense_s, compact_s = forward_seconds(
+                [dense, compact.to(memory_format=torch.channels_last)], speed_x, args.speed_repeats)
+            speed = {"dense_forward_ms": 1e3 * dense_s, "forward_ms": 1e3 * compact_s,
+                     "speed_device": str(device), "speed_batch": args.speed_batch,
+                     "speed_repeats": args.speed_repeats}
+            save_json(speed, res_root / sub / "speed.json")
         if args.retrain_from == "scratch":  # same widths, a seeded fresh initialisation
             compact = seeded(lambda: get_model(arch, shortcut=shortcut, widths=widths), seed, "scratch").to(device)
 
-        sub = Path(f"epoch_{epoch:03d}") / pct_name(ratio, "ratio")
-        config = setup.config(arch=arch, shortcut=shortcut, dense_run=str(dense_run), ticket_epoch=epoch,
-                              ratio=ratio, retrain_from=args.retrain_from, widths=widths)
         channels = {p: i for p, i in zip(
             [n[:-len(".bn1")] for n in full_names], selection.indices())}
         summary = train_run(
             compact, setup.train, setup.test, setup.hp, arch=arch, config=config, seed=seed,
-            ckpt_dir=ckpt_root / sub, results_dir=res_root / sub, force=setup.run.force,
-            save_as=[(0, "compact.pt"), (setup.hp.epochs, "final.pt")],
+            ckpt_dir=ckpt_root / sub, results_dir=res_root / sub, force=plan.fresh,
+            save_as=[(0, "compact.pt"), (setup.hp.epochs, "final.pt")], outputs=TICKET_OUTPUTS,
             checkpoint_extra={"widths": widths, "channels": channels},
             desc=f"epoch {epoch} ratio {ratio:g}", **setup.train_kwargs())
+        dense_s, compact_s = speed["dense_forward_ms"] / 1e3, speed["forward_ms"] / 1e3
 
         train_flops = (training_flops(epoch, dense_images, dense_flops)
                        + training_flops(setup.hp.epochs, len(setup.train), flops))
@@ -170,8 +213,8 @@ def main(argv=None):
             "train_flops": train_flops, "dense_train_flops": dense_train_flops,
             "train_flops_ratio": train_flops / dense_train_flops,
             "dense_forward_ms": 1e3 * dense_s, "forward_ms": 1e3 * compact_s,
-            "speedup": dense_s / compact_s, "speed_device": str(device)})
-        save_csv(rows, res_root / "summary.csv", SUMMARY_COLUMNS)
+            "speedup": dense_s / compact_s, "speed_device": speed["speed_device"]})
+        save_csv(merge_rows(res_root / "summary.csv", rows), res_root / "summary.csv", SUMMARY_COLUMNS)
         print(f"epoch {epoch} ratio {ratio:g}: pruned {pruned_acc:.2f}% -> retrained "
               f"{summary['test_acc']:.2f}% (dense {dense_acc:.2f}%), {params / dense_params:.2f}x params, "
               f"{flops / dense_flops:.2f}x FLOPs, {dense_s / compact_s:.2f}x faster, "

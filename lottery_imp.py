@@ -8,7 +8,12 @@ A ticket = a mask from the magnitudes of trained weights (`--from`) applied to r
 (`--rewind`: init.pt, or an early epoch), retrained with the standard recipe. IMP repeats
 train → prune ≤ --imp-rate of the survivors → rewind → retrain, landing on every target.
 Writes checkpoints/<run>/<method>/sparsity_<s>/{mask.pt,start.pt,final.pt},
-results/<run>/<method>/sparsity_<s>/trajectory.csv and results/<run>/summary.csv; see docs/lottery_imp.md.
+results/<run>/<method>/sparsity_<s>/trajectory.csv and results/<run>/summary.csv; see
+docs/lottery_imp.md. An interrupted ticket (IMP rounds included) resumes after its last epoch.
+
+Which layers are pruned: by default every Conv2d and Linear weight, the classifier included.
+open_lth leaves the classifier of its CIFAR ResNets whole; `--ignore-layers linear` does the same
+here (ignored layers are absent from mask.pt; sparsities count the remaining layers' weights).
 """
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from utils.lottery import (CONTROLS, check_imp_history, checkpoint_label, imp_sc
                            imp_zero_counts, load_inputs, magnitude_mask, print_table,
                            random_control_mask, reinitialised, rewound, run_ticket, source_weights,
                            ticket_folder, write_summary)
-from utils.pruning import num_to_prune
+from utils.pruning import num_to_prune, without_layers
 from utils.train import evaluate
 
 
@@ -40,6 +45,9 @@ def parse_args(argv):
     parser.add_argument("--controls", nargs="*", default=[], choices=CONTROLS,
                         help="reinit: the one-shot mask, fresh init; random: random mask, same "
                              "per-layer sparsity, rewind weights")
+    parser.add_argument("--ignore-layers", nargs="+", default=[], metavar="NAME",
+                        help="layers left out of pruning (kept whole), e.g. linear (open_lth's "
+                             "ResNet default); default: none, every Conv2d/Linear weight is pruned")
     parser.add_argument("--run-name", default=None,
                         help="folder under checkpoints/ and results/ (default: lottery, or "
                              "lottery_rewind_EEE when --rewind is a later epoch)")
@@ -67,6 +75,10 @@ def main(argv=None):
     config = setup.config(arch=arch, shortcut=(rewind_ckpt.get("config") or {}).get("shortcut", "B"),
                           mask_from=checkpoint_label(from_path), from_epoch=from_ckpt.get("epoch"),
                           rewind_to=checkpoint_label(rewind_path), rewind_epoch=rewind_epoch)
+    candidates = without_layers(source_weights(from_ckpt), args.ignore_layers)
+    ignored = sorted(set(source_weights(from_ckpt)) - set(candidates))
+    if ignored:  # only when used, so runs without the flag keep their identity
+        config["ignore_layers"] = ignored
     extra = {"widths": rewind_ckpt.get("widths")}
     setup.train, setup.test = load_from_config(setup.data, device)
     ticket = dict(setup=setup, arch=arch, config=config, run_name=run_name, checkpoint_extra=extra)
@@ -74,9 +86,10 @@ def main(argv=None):
           f"survivors rewound to {rewind_path} (epoch {rewind_epoch})")
 
     # Step 2: the dense network the masks come from, on the same test set.
-    dense_weights = source_weights(from_ckpt)
+    dense_weights = candidates
     n = sum(w.numel() for w in dense_weights.values())
-    dense_acc = evaluate(model_from_checkpoint(from_ckpt, device), setup.test)[1]
+    dense_acc = evaluate(model_from_checkpoint(from_ckpt, device), setup.test,
+                         precision=setup.hp.precision)[1]
     rows = []
 
     # Step 3: one-shot tickets — one mask per sparsity from --from, rewound, retrained.
@@ -101,7 +114,9 @@ def main(argv=None):
                                    model=rewound(rewind_ckpt, mask, device),
                                    extra_config=history, **ticket))
             final = setup.checkpoint_dir / ticket_folder(run_name, "imp", s) / "final.pt"
-            source, prev_mask = source_weights(read_checkpoint(final, hint="python lottery_imp.py")), mask
+            source = without_layers(source_weights(read_checkpoint(final, hint="python lottery_imp.py")),
+                                    args.ignore_layers)
+            prev_mask = mask
 
     # Step 5: controls on the one-shot tickets — same mask, fresh init; random mask, same
     # per-layer sparsity, rewind weights. A winning ticket beats both.

@@ -13,7 +13,9 @@ adversarial: for --arch (resnet20), a natural and a PGD-trained dense network, t
 size:        the same for --large-arch (resnet56).
 
 Writes checkpoints/robustness/<arch>/..., results/robustness/<arch>/... and
-results/robustness/{summary.csv, tickets.csv}; see docs/robustness.md.
+results/robustness/{summary.csv, tickets.csv}; see docs/robustness.md. A ticket records the
+hash of the dense weights its mask came from (mask_source_sha256) and is reused only when they
+match; an interrupted run resumes after its last epoch.
 """
 import sys
 
@@ -22,11 +24,12 @@ from utils.attacks import adversarial_train_kwargs
 from utils.config import check_attack
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
-from utils.io import save_csv, save_torch
-from utils.pruning import global_magnitude_mask
+from utils.io import save_csv
+from utils.lottery import write_mask
+from utils.pruning import global_magnitude_mask, weights_fingerprint
 from utils.robustness import (MASK_SOURCES, SUMMARY_COLUMNS, TICKET_COLUMNS, TRAININGS, cached_robust_row,
                               find_checkpoints, merge_summary, ticket_table)
-from utils.train import seeded, train_run
+from utils.train import plan_run, seeded, train_run
 
 EXPERIMENTS = ("evaluate", "adversarial", "size")
 MAKE_CHECKPOINTS = ("python train_dense.py, then prune_magnitude.py, lottery_imp.py, "
@@ -121,11 +124,16 @@ def ticket_experiment(setup, args, evaluator, arch, experiment):
                "adv_steps": args.train_steps, "adv_monitor_subset": args.monitor_subset}
         config = setup.config(arch=arch, shortcut="B", run_name=f"robustness/{arch}/{run}",
                               training=training, **adv, **{k: v for k, v in kw.items() if k != "mask"})
+        mask = kw.get("mask")
+        outputs = [name for _, name in save_as] + (["mask.pt"] if mask is not None else [])
+        plan = plan_run(ck_root / run, res_root / run, config, outputs, setup.run.force)
+        if mask is not None and not plan.skip:  # a rerun of a finished ticket writes nothing
+            write_mask(ck_root / run / "mask.pt", mask, setup.run.force or plan.fresh)
         extra = adversarial_train_kwargs(setup.test, seed, args.eps, args.step, args.train_steps,
                                          args.monitor_subset, train=training == "pgd")
         train_run(model, setup.train, setup.test, hp, arch=arch, config=config, seed=seed,
-                  ckpt_dir=ck_root / run, results_dir=res_root / run, force=setup.run.force,
-                  save_as=save_as, mask=kw.get("mask"), desc=f"{arch} {run}", **extra)
+                  ckpt_dir=ck_root / run, results_dir=res_root / run, force=plan.fresh,
+                  save_as=save_as, mask=mask, outputs=outputs, desc=f"{arch} {run}", **extra)
         row = evaluator.row(f"robustness/{arch}/{run}", ck_root / run / "final.pt", res_root / run,
                             experiment=experiment, mask_from=kw.get("mask_from", ""))
         print(_fmt(row))
@@ -140,17 +148,19 @@ def ticket_experiment(setup, args, evaluator, arch, experiment):
         final[training] = ck_root / "dense" / training
 
     # Step 3b: tickets. The mask ranks the trained weights of one dense network (global
-    # magnitude); the survivors are rewound to the shared init and trained either way.
+    # magnitude); the survivors are rewound to the shared init and trained either way. The
+    # ticket records the hash of those weights, so a changed dense network is never reused.
     for sparsity in args.sparsities:
         for mask_from in MASK_SOURCES:
-            trained, _ = load_checkpoint(final[mask_from] / "final.pt")
+            trained, trained_ckpt = load_checkpoint(final[mask_from] / "final.pt")
             mask = global_magnitude_mask(prunable_weights(trained), sparsity)
+            source_sha256 = weights_fingerprint(trained_ckpt["model"])
             for training in TRAININGS:
                 run = f"ticket_{mask_from}_mask/{training}/{pct_name(sparsity, 'sparsity')}"
-                save_torch(mask, ck_root / run / "mask.pt")
                 model, _ = load_checkpoint(final[mask_from] / "init.pt", setup.device)
                 rows.append(train(model, run, training, [(0, "start.pt"), (hp.epochs, "final.pt")],
-                                  mask=mask, mask_from=mask_from, sparsity=sparsity))
+                                  mask=mask, mask_from=mask_from, sparsity=sparsity,
+                                  mask_source_sha256=source_sha256))
     return rows
 
 

@@ -6,8 +6,9 @@
 
 Each step runs the real entry script as a subprocess with the preset's flags; finished runs are
 skipped and interrupted ones resume (the scripts do that themselves), so running the same
-command again only does what is missing. Every step's output goes to <results-dir>/logs/<step>.log
-and one progress line per step is printed. `--jobs N` runs Tasks 2, 3 and 4 (independent once the
+command again only does what is missing. Every step's output is appended to
+<results-dir>/logs/<step>.log under a header per attempt (a failed attempt's log is kept) and
+one progress line per step is printed. `--jobs N` runs Tasks 2, 3 and 4 (independent once the
 dense run exists) in N processes at once. A failing step stops the pipeline with its exit code.
 """
 import os
@@ -28,6 +29,7 @@ STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_i
 # Steps that only need the dense run, so --jobs may run them side by side.
 PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird"}
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
+ATTEMPT_MARK = "===== run_all attempt,"  # starts the header line of each attempt in a step's log
 
 
 def preset_flags(preset, checkpoint_dir):
@@ -91,6 +93,8 @@ def parse_args(argv):
     common.add_argument("--checkpoint-dir", default="checkpoints", help="where .pt files go")
     common.add_argument("--results-dir", default="results", help="where CSV / JSON (and the report) go")
     common.add_argument("--force", action="store_true", help="redo finished runs")
+    common.add_argument("--deterministic", action="store_true",
+                        help="deterministic cuDNN kernels: bit-identical reruns on a GPU, slower")
     return parser.parse_args(argv)
 
 
@@ -107,6 +111,7 @@ def common_flags(args, preset_subsets):
             flags += [flag, str(value if value is not None else subsets[flag])]
     flags += ["--checkpoint-dir", args.checkpoint_dir, "--results-dir", args.results_dir]
     flags += ["--no-download"] * args.no_download + ["--force"] * args.force
+    flags += ["--deterministic"] * args.deterministic
     return flags
 
 
@@ -145,8 +150,10 @@ class Step:
     def start(self):
         self.before = run_summaries(self.results_dir, self.folder) if self.folder else {}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.log_path, "w")
-        self.log.write("$ " + shlex.join(self.argv) + "\n")
+        # appended, one header per attempt: the log of a failed attempt is never overwritten
+        self.log = open(self.log_path, "a")
+        self.log.write(f"{ATTEMPT_MARK} {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+                       "$ " + shlex.join(self.argv) + "\n")
         self.log.flush()
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
@@ -159,7 +166,8 @@ class Step:
         seconds = time.perf_counter() - self.t0
         head = f"[{self.index}/{self.total}] {self.name}:"
         if code != 0:
-            tail = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+            attempt = self.log_path.read_text(errors="replace").rsplit(ATTEMPT_MARK, 1)[-1]
+            tail = [ln for ln in attempt.splitlines()[2:] if ln.strip()][-1:]
             print(f"error: step {self.name} failed with exit code {code} after {seconds:.0f}s: "
                   f"{tail[0].strip() if tail else '(no output)'} (full log: {self.log_path})",
                   file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import torch
 from utils.channels import global_keep_mask, num_to_remove, prunable_bn_names
 from utils.errors import UserError
 from utils.experiment import pct_name
-from utils.io import save_csv, save_json
+from utils.io import load_torch, save_csv, save_json
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward ≈ 3 forward passes (backward: grads of inputs and weights)
 
@@ -25,11 +25,7 @@ def load_bn_history(path, hint="python train_dense.py"):
     if not path.is_file():
         raise UserError(f"{path} not found (the γ history the Early-Bird detector reads); "
                         f"make it with: {hint}")
-    try:
-        history = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file: one line, not a traceback
-        raise UserError(f"{path} is unreadable ({str(e).splitlines()[0][:120]}); "
-                        f"make it again with: {hint} --force") from None
+    history = load_torch(path, f"make it again with: {hint} --force", kind=None)
     if not isinstance(history, dict) or not all(
             isinstance(v, torch.Tensor) and v.dim() == 2 for v in history.values()):
         raise UserError(f"{path} is not a BatchNorm history (name -> epochs x channels); "

@@ -15,15 +15,16 @@ from tqdm.auto import tqdm
 from models import get_model, model_from_checkpoint, prunable_weights, read_checkpoint
 from utils.errors import UserError
 from utils.experiment import pct_name
-from utils.io import load_csv, load_json, save_csv, save_torch
+from utils.io import load_csv, load_json, load_torch, save_csv, save_torch
 from utils.pruning import apply_mask, global_magnitude_mask, num_to_prune, random_mask_like
-from utils.train import cpu_generator, seeded, train_run
+from utils.train import cpu_generator, plan_run, seeded, train_run
 
 METHODS = ("oneshot", "imp", "reinit", "random")
 CONTROLS = ("reinit", "random")
 SUMMARY_COLUMNS = ["method", "sparsity", "round", "dense_acc", "ticket_acc", "retrained_acc"]
 TOL = 1e-9  # float slack when deciding that a full IMP step reaches a target
 DENSE_HINT = "python train_dense.py"
+TICKET_OUTPUTS = ("mask.pt", "start.pt", "final.pt")  # what a finished ticket's folder holds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,16 +137,15 @@ def masks_equal(a, b):
 
 
 def write_mask(path, mask, force):
-    """Save mask.pt; a saved mask that differs from the one derived now is stale: refuse."""
+    """Save mask.pt unless it already holds this mask; a saved mask that differs from the one
+    derived now is stale, and a damaged or foreign one is not this project's: refuse both."""
     path = Path(path)
     if path.is_file() and not force:
-        try:
-            old = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # unreadable: nothing to compare, it is written again below
-            old = None
-        if old is not None and not masks_equal(old, mask):
-            raise UserError(f"{path} differs from the mask derived now (did --from, --rewind or "
-                            "the dense run change?); rerun with --force to redo it")
+        old = load_torch(path, "delete it, or rerun with --force to redo the ticket")
+        if masks_equal(old, mask):
+            return  # a rerun writes nothing
+        raise UserError(f"{path} differs from the mask derived now (did --from, --rewind or "
+                        "the dense run change?); rerun with --force to redo it")
     save_torch(mask, path)
 
 
@@ -168,11 +168,15 @@ def check_imp_history(setup, run_name, schedule, rate):
     for r, s in enumerate(schedule, start=1):
         folder = ticket_folder(run_name, "imp", s)
         saved = None
-        if (setup.results_dir / folder / "summary.json").is_file():
-            saved = load_json(setup.results_dir / folder / "summary.json").get("config", {})
-        elif (setup.checkpoint_dir / folder / "resume.pt").is_file():
-            saved = torch.load(setup.checkpoint_dir / folder / "resume.pt", map_location="cpu",
-                               weights_only=True).get("config", {})
+        summary_path = setup.results_dir / folder / "summary.json"
+        resume_path = setup.checkpoint_dir / folder / "resume.pt"
+        if summary_path.is_file():
+            saved = load_json(summary_path, f"delete {summary_path} to redo that round, or rerun "
+                                            "with --force").get("config") or {}
+        elif resume_path.is_file():
+            state = load_torch(resume_path, f"delete {resume_path} to start that round over, or "
+                                            "rerun with --force")
+            saved = state.get("config") or {}
         if saved is None:
             continue
         old = saved.get("imp_schedule")
@@ -193,15 +197,16 @@ def run_ticket(setup, *, method, sparsity, round_no, mask, model, arch, config, 
     """
     folder = ticket_folder(run_name, method, sparsity)
     ckpt_dir, results_dir = setup.checkpoint_dir / folder, setup.results_dir / folder
-    # a finished run whose final.pt is gone is redone: later IMP rounds need that file
-    force = setup.run.force or not (ckpt_dir / "final.pt").is_file()
-    write_mask(ckpt_dir / "mask.pt", mask, setup.run.force)
     run_config = dict(config, method=method, sparsity=sparsity, round=round_no, **(extra_config or {}))
+    # finished -> skip, interrupted -> resume, an output lost (e.g. final.pt, which the next IMP
+    # round needs) -> redo: plan_run decides; mask.pt is checked against the mask derived now
+    plan = plan_run(ckpt_dir, results_dir, run_config, TICKET_OUTPUTS, setup.run.force)
+    write_mask(ckpt_dir / "mask.pt", mask, setup.run.force or plan.fresh)
     epochs = setup.hp.epochs
     summary = train_run(
         model, setup.train, setup.test, setup.hp, arch=arch, config=run_config,
-        ckpt_dir=ckpt_dir, results_dir=results_dir, seed=setup.run.seed, force=force,
-        save_as=[(0, "start.pt"), (epochs, "final.pt")], mask=mask,
+        ckpt_dir=ckpt_dir, results_dir=results_dir, seed=setup.run.seed, force=plan.fresh,
+        save_as=[(0, "start.pt"), (epochs, "final.pt")], mask=mask, outputs=TICKET_OUTPUTS,
         checkpoint_extra=checkpoint_extra, desc=f"{method} round {round_no} {100 * sparsity:g}%",
         **setup.train_kwargs())
     return {"method": method, "sparsity": sparsity, "round": round_no,

@@ -154,3 +154,20 @@ def weights_fingerprint(state_dict):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def without_layers(weights, ignore=()):
+    """`weights` (name -> tensor) without the layers named in `ignore`, which unstructured pruning
+    then leaves whole (e.g. the classifier, as open_lth does for ResNets). A name may be the
+    parameter (`linear.weight`) or its module (`linear`); an unknown name is a UserError."""
+    ignore = list(ignore)
+    drop = set()
+    for name in ignore:
+        param = name if name in weights else f"{name}.weight"
+        if param not in weights:
+            raise UserError(f"--ignore-layers {name}: no prunable layer of that name; choose from "
+                            f"{', '.join(n.removesuffix('.weight') for n in weights)}")
+        drop.add(param)
+    if drop and len(drop) == len(weights):
+        raise UserError("--ignore-layers leaves no layer to prune; name fewer layers")
+    return {n: w for n, w in weights.items() if n not in drop}

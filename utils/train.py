@@ -478,6 +478,8 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
             tqdm.write(f"{desc}: finished, but {', '.join(plan.missing)} missing from {ckpt_dir}; "
                        "training it again", file=sys.stderr)
         resume_path.unlink(missing_ok=True)
+        # no longer finished: a redo killed half-way then resumes instead of counting as done
+        (results_dir / "summary.json").unlink(missing_ok=True)
     model.to(memory_format=torch.channels_last)
     opt = (optimizer or make_optimizer)(model, hp)
     masked = MaskedParams(model, mask or {})
