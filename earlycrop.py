@@ -26,7 +26,7 @@ from utils.earlycrop import (AT_INIT, METHODS, STRUCTURED, SUMMARY_COLUMNS, dens
                              full_prunable, measure, other_rows)
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
-from utils.io import load_json, save_csv, save_json, save_torch
+from utils.io import load_csv, load_json, save_csv, save_json, save_torch
 from utils.pruning import apply_mask, weights_fingerprint
 from utils.train import checkpoint, finished_summary, train_run
 
@@ -133,7 +133,10 @@ def main(argv=None):
             ck_dir, res_dir = ckpt_root / sub, res_root / sub
             config = setup.config(arch=arch, shortcut=shortcut, dense_init=init_fingerprint, method=method,
                                   sparsity=s, prune_epoch=epoch, crop_batches=args.crop_batches)
-            if finished_summary(res_dir, config, setup.run.force) is None:
+            if finished_summary(res_dir, config, setup.run.force) is not None:
+                print(f"{method} sparsity {s:g}: finished already ({res_dir / 'summary.json'}); "
+                      "--force redoes it", file=sys.stderr)
+            else:
                 model = start_weights(epoch)
                 t0 = time.perf_counter()
                 if method in STRUCTURED:
@@ -183,7 +186,10 @@ def main(argv=None):
         for method, command in missing:
             rows.append({"method": method, "sparsity": s, "structured": method == "early_bird",
                          "source": f"missing; run: {command}"})
-    save_csv(rows, res_root / "summary.csv", SUMMARY_COLUMNS)
+    done = {(r["method"], r["sparsity"]) for r in rows}
+    earlier = [r for r in load_csv(res_root / "summary.csv")] if (res_root / "summary.csv").is_file() else []
+    kept = [r for r in earlier if r.get("method") in METHODS and (r["method"], float(r["sparsity"])) not in done]
+    save_csv(kept + rows, res_root / "summary.csv", SUMMARY_COLUMNS)  # earlier commands' own rows stay
     print(f"summary: {res_root / 'summary.csv'} ({len(rows)} rows)")
 
 

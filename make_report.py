@@ -11,9 +11,23 @@ from pathlib import Path
 
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
+from utils import analysis_earlycrop, plots, plots_earlycrop, report
 from utils.report import write_code_zip, write_report
 
 REPO = Path(__file__).resolve().parent
+# Task modules outside utils/report.py (figures, section), appended to the report in this order.
+TASK_MODULES = [(plots_earlycrop.FIGURES, analysis_earlycrop.section)]
+
+
+def with_task_sections(build_doc):
+    """report.build_doc followed by each task module's section, each on a new page."""
+    def build(res, papers_path):
+        doc = build_doc(res, papers_path)
+        for _, section in TASK_MODULES:
+            doc.page_break()
+            section(doc, res)
+        return doc
+    return build
 
 
 def parse_args(argv):
@@ -34,7 +48,9 @@ def main(argv=None):
         raise UserError(f"no results folder {results_dir}; run python run_all.py (or the task scripts) "
                         "first, or pass --results-dir")
 
-    # Step 1: the report, rebuilt from results/ (PDF plus its Markdown twin).
+    # Step 1: the report, rebuilt from results/ (PDF plus its Markdown twin), task sections included.
+    plots.FIGURES.extend(f for figures, _ in TASK_MODULES for f in figures if f not in plots.FIGURES)
+    report.build_doc = with_task_sections(report.build_doc)
     pdf_path, md_path = results_dir / "report.pdf", results_dir / "report.md"
     doc, pages, skipped = write_report(results_dir, args.papers, pdf_path, md_path)
     for line in skipped.values():

@@ -11,7 +11,10 @@ import matplotlib.pyplot as plt
 
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
-from utils.plots import FIGURES, Results, build_figure, save_figure
+from utils.plots import FIGURES as CORE_FIGURES, Results, build_figure, save_figure
+from utils.plots_earlycrop import FIGURES as EARLYCROP_FIGURES
+
+FIGURES = CORE_FIGURES + EARLYCROP_FIGURES  # task modules' figures join the core ones
 
 
 def parse_args(argv):

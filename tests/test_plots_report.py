@@ -13,9 +13,11 @@ import pytest
 from conftest import REPO, assert_user_error, run_script
 from fixtures.results_tree import DENSE_ACC, EARLY_BIRD, LOTTERY, MAGNITUDE, TICKET_EPOCHS, make_results_tree
 from utils.plots import FIGURES, Results, fig_accuracy_vs_sparsity, fig_early_bird_accuracy, fig_mask_distance
+from utils.plots_earlycrop import FIGURES as EARLYCROP_FIGURES
 
 matplotlib.use("Agg")
 
+FIGURES = FIGURES + EARLYCROP_FIGURES  # plot_results.py draws the task modules' figures too
 FIGURE_NAMES = {f.name for f in FIGURES}
 
 
@@ -46,7 +48,7 @@ def test_plot_results_writes_every_figure(results, tmp_path):
     plots = tmp_path / "plots"
     proc = run_script("plot_results.py", "--results-dir", results, "--plots-dir", plots)
     # the fixture has no random-mask control, so exactly that figure is skipped
-    drawn = FIGURE_NAMES - {"lottery_control_random_trajectories"}
+    drawn = FIGURE_NAMES - {"lottery_control_random_trajectories", "earlycrop_accuracy", "earlycrop_detector"}
     assert {p.stem for p in plots.glob("*.png")} == drawn
     assert {p.stem for p in plots.glob("*.pdf")} == drawn
     for name in drawn:
