@@ -26,6 +26,8 @@ from utils.train import MaskedParams, autocast
 SUMMARY_COLUMNS = ["method", "structured", "sparsity", "test_acc", "weight_sparsity", "node_sparsity",
                    "prune_epoch", "train_seconds", "batch_ms", "peak_mem_mb", "disk_mb", "params", "flops",
                    "source"]
+# Columns measured on this device (a rerun on the same device reuses them)
+MEASURED = ["weight_sparsity", "node_sparsity", "batch_ms", "peak_mem_mb", "disk_mb", "params", "flops"]
 METHODS = ("crop_u", "crop_s", "earlycrop_u", "earlycrop_s", "random_s")
 STRUCTURED = {"crop_s", "earlycrop_s", "random_s", "early_bird"}
 AT_INIT = {"crop_u", "crop_s", "random_s"}
