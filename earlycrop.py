@@ -137,7 +137,7 @@ def main(argv=None):
         same = next((r for r in earlier if same_device and r.get("source") == row["source"]
                      and r.get("method") == row["method"] and r.get("test_acc") == fmt(row["test_acc"])), None)
         if same is not None:
-            return dict(row, **{k: same[k] for k in MEASURED})
+            return dict(row, **{k: float(same[k]) if same[k] != "" else None for k in MEASURED})
         return dict(row, **measure(
             read_checkpoint(final_path), setup.hp.batch_size, device, n_full, channels_full, args.timing_steps))
 
@@ -228,7 +228,7 @@ def own_row(method, s, epoch, ck_dir, res_dir, dense_rows):
 def print_row(row):
     print(f"{row['method']} sparsity {row['sparsity']:g} (pruned at epoch {row['prune_epoch']}): "
           f"{row['test_acc']:.2f}%, weight sparsity {100 * row['weight_sparsity']:.1f}%, "
-          f"{row['params']:,} params, {row['train_seconds']:.0f} s", file=sys.stdout)
+          f"{row['params']:,.0f} params, {row['train_seconds']:.0f} s", file=sys.stdout)
 
 
 if __name__ == "__main__":
