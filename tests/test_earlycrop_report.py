@@ -81,3 +81,36 @@ def test_report_section(res, tmp_path):
     empty = Doc()
     section(empty, Results(tmp_path / "nothing"))
     assert "run python earlycrop.py" in " ".join(str(b[1]) for b in empty.blocks)
+
+
+def test_other_scripts_rows_are_found_with_their_costs(tmp_path):
+    from utils.earlycrop import other_rows
+    ck, res = tmp_path / "checkpoints", tmp_path / "results"
+
+    def run(folder, acc, seconds):
+        save_json({"test_acc": acc, "seconds": seconds}, res / folder / "summary.json")
+        (ck / folder).mkdir(parents=True, exist_ok=True)
+        (ck / folder / "final.pt").write_bytes(b"")
+
+    run("prune_at_init/snip/original/sparsity_90", 81.0, 50.0)
+    run("prune_at_init/grasp/original/sparsity_60", 85.0, 50.0)  # another sparsity: not a row at 90%
+    save_json({"ratios": {"0.9": {"eb_epoch": 2}}}, res / "early_bird" / "detection.json")
+    run("early_bird/epoch_002/ratio_90", 77.0, 30.0)
+    run("early_bird/epoch_003/ratio_90", 79.0, 30.0)  # not the detected ticket
+    for s, acc in (("50", 88.0), ("80", 86.0), ("90", 84.0)):
+        run(f"lottery_rewind_010/imp/sparsity_{s}", acc, 100.0)
+        run(f"lottery/imp/sparsity_{s}", acc - 10, 100.0)
+    dense_rows = [{"epoch": str(e), "seconds": "10"} for e in range(5)]  # 4 epochs of 10 s
+    found, missing = other_rows(0.9, ck, res, ck / "dense", dense_rows)
+    rows = {r["method"]: r for r, _ in found}
+    assert set(rows) == {"snip", "early_bird", "ltr"}
+    assert rows["snip"]["test_acc"] == 81.0 and rows["snip"]["train_seconds"] == 50.0
+    assert rows["early_bird"]["test_acc"] == 77.0 and rows["early_bird"]["prune_epoch"] == 2
+    assert rows["early_bird"]["train_seconds"] == 2 * 10 + 30  # dense epochs to the ticket + retraining
+    assert rows["ltr"]["test_acc"] == 84.0 and "lottery_rewind_010" in rows["ltr"]["source"]  # late rewinding
+    assert rows["ltr"]["train_seconds"] == 40 + 3 * 100  # the dense run + the IMP rounds up to 90%
+    assert [str(f) for _, f in found] == [str(ck / "prune_at_init/snip/original/sparsity_90/final.pt"),
+                                          str(ck / "early_bird/epoch_002/ratio_90/final.pt"),
+                                          str(ck / "lottery_rewind_010/imp/sparsity_90/final.pt")]
+    assert {m for m, _ in missing} == {"random_u", "grasp"}
+    assert any("--methods grasp --sparsities 0.9" in c for _, c in missing)
