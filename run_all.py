@@ -23,8 +23,8 @@ from utils.errors import UserError, cli_main
 REPO = Path(__file__).resolve().parent
 # (step, the folder under results/ whose summary.json files are its runs)
 STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_imp", "lottery"),
-         ("early_bird", "early_bird"), ("earlycrop", "earlycrop"), ("robustness", "robustness"), ("plot_results", None),
-         ("make_report", None)]
+         ("early_bird", "early_bird"), ("earlycrop", "earlycrop"), ("robustness", "robustness"),
+         ("plot_results", None), ("make_report", None)]
 # Steps that only need the dense run, so --jobs may run them side by side.
 PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird"}
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
