@@ -23,10 +23,10 @@ import torch
 from models import count_params, load_checkpoint, get_model, model_from_checkpoint, read_checkpoint
 from utils.channels import (block_gammas, compact_model, count_flops, forward_seconds,
                             prunable_bn_names, select_channels)
+from utils.dense_run import dense_weights_at
 from utils.early_bird import (check_dense_checkpoints, check_detector, dense_checkpoint, dense_hint,
                               detect, load_bn_history, parse_ticket_epochs, training_flops,
                               write_detection)
-from utils.dense_run import dense_weights_at
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import load_csv, load_json, save_csv, save_json

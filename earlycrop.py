@@ -22,11 +22,11 @@ from utils.crop import (channel_gate_scores, crop_scores, detect_prune_epoch, dr
                         random_channel_scores, score_batches_on, score_mask, step_schedule)
 from utils.dense_run import dense_trajectory, dense_weights_at
 from utils.early_bird import dense_hint
-from utils.earlycrop import (AT_INIT, METHODS, STRUCTURED, SUMMARY_COLUMNS, dense_seconds_until,
+from utils.earlycrop import (AT_INIT, MEASURED, METHODS, STRUCTURED, SUMMARY_COLUMNS, dense_seconds_until,
                              full_prunable, measure, other_rows)
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
-from utils.io import load_json, save_csv, save_json, save_torch
+from utils.io import _fmt, load_csv, load_json, save_csv, save_json, save_torch
 from utils.pruning import apply_mask, weights_fingerprint
 from utils.train import checkpoint, finished_summary, train_run
 
@@ -99,7 +99,8 @@ def main(argv=None):
         ratio, epoch, fired = detect_prune_epoch(delta, threshold, args.prune_by)
         detection["ratio"] = ratio
         detection["sparsities"][f"{s:g}"] = {"threshold": threshold, "prune_epoch": epoch, "fired": fired}
-    save_json(detection, res_root / "detection.json")
+    if not (res_root / "detection.json").is_file() or load_json(res_root / "detection.json") != detection:
+        save_json(detection, res_root / "detection.json")  # a rerun writes nothing new
     prune_at = {s: args.prune_epoch if args.prune_epoch is not None else detection["sparsities"][f"{s:g}"]["prune_epoch"]
                 for s in sparsities}
     print("EarlyCroP prune epoch: " + ", ".join(
@@ -125,6 +126,21 @@ def main(argv=None):
         return model_from_checkpoint(ckpt, device)
 
     # Step 4: per method and sparsity: score, prune, train on with the retraining recipe.
+    # the table's measured columns hold for one device, recorded beside it
+    device_path = res_root / "summary_device.json"
+    same_device = device_path.is_file() and load_json(device_path) == {"device": str(device)}
+    earlier = load_csv(res_root / "summary.csv") if (res_root / "summary.csv").is_file() else []
+
+    def measured(row, final_path):
+        """The row with its measured columns: reused from the earlier table when the same run
+        (same source, accuracy and device) was measured already, so a rerun re-times nothing."""
+        same = next((r for r in earlier if same_device and r.get("source") == row["source"]
+                     and r.get("method") == row["method"] and r.get("test_acc") == fmt(row["test_acc"])), None)
+        if same is not None:
+            return dict(row, **{k: float(same[k]) if same[k] != "" else None for k in MEASURED})
+        return dict(row, **measure(
+            read_checkpoint(final_path), setup.hp.batch_size, device, n_full, channels_full, args.timing_steps))
+
     rows = []
     for method in methods:
         for s in sparsities:
@@ -133,7 +149,10 @@ def main(argv=None):
             ck_dir, res_dir = ckpt_root / sub, res_root / sub
             config = setup.config(arch=arch, shortcut=shortcut, dense_init=init_fingerprint, method=method,
                                   sparsity=s, prune_epoch=epoch, crop_batches=args.crop_batches)
-            if finished_summary(res_dir, config, setup.run.force) is None:
+            if finished_summary(res_dir, config, setup.run.force) is not None:
+                print(f"{method} sparsity {s:g}: finished already ({res_dir / 'summary.json'}); "
+                      "--force redoes it", file=sys.stderr)
+            else:
                 model = start_weights(epoch)
                 t0 = time.perf_counter()
                 if method in STRUCTURED:
@@ -162,8 +181,7 @@ def main(argv=None):
                           save_as=[(0, "start.pt"), (setup.hp.epochs, "final.pt")],
                           checkpoint_extra=dict(extra, prune_epoch=epoch),
                           desc=f"{method} sparsity {s:g}", **setup.train_kwargs())
-            rows.append(own_row(method, s, epoch, ck_dir, res_dir, dense_rows, args, setup,
-                                n_full, channels_full))
+            rows.append(measured(own_row(method, s, epoch, ck_dir, res_dir, dense_rows), ck_dir / "final.pt"))
             print_row(rows[-1])
 
     # Step 5: the table: these runs, then the dense network and the other scripts' runs, at each
@@ -173,35 +191,44 @@ def main(argv=None):
                  "test_acc": float(dense_rows[-1]["test_acc"]), "prune_epoch": None,
                  "train_seconds": dense_seconds_until(dense_rows, final_epoch),
                  "source": str(dense_results / "summary.json")}
-    rows.append(dict(dense_row, **measure(read_checkpoint(dense_final), setup.hp.batch_size, device,
-                                          n_full, channels_full, args.timing_steps)))
+    rows.append(measured(dense_row, dense_final))
     for s in sparsities:
         found, missing = other_rows(s, args.checkpoint_dir, args.results_dir, dense_run, dense_rows)
         for row, final in found:
-            rows.append(dict(row, **measure(read_checkpoint(final), setup.hp.batch_size, device,
-                                            n_full, channels_full, args.timing_steps)))
+            rows.append(measured(row, final))
         for method, command in missing:
             rows.append({"method": method, "sparsity": s, "structured": method == "early_bird",
                          "source": f"missing; run: {command}"})
-    save_csv(rows, res_root / "summary.csv", SUMMARY_COLUMNS)
+    done = {(r["method"], r["sparsity"]) for r in rows}
+    kept = [r for r in earlier if r.get("method") in METHODS and (r["method"], float(r["sparsity"])) not in done]
+    table = kept + rows  # earlier commands' own rows stay
+    if [{k: fmt(r.get(k)) for k in SUMMARY_COLUMNS} for r in table] != earlier:
+        save_csv(table, res_root / "summary.csv", SUMMARY_COLUMNS)
+    if not same_device:
+        save_json({"device": str(device)}, device_path)
     print(f"summary: {res_root / 'summary.csv'} ({len(rows)} rows)")
 
 
-def own_row(method, s, epoch, ck_dir, res_dir, dense_rows, args, setup, n_full, channels_full):
-    """One of this script's rows, from its summary.json and final.pt."""
+def fmt(v):
+    """A value as summary.csv writes it (to compare with the rows read back)."""
+    return str(_fmt(v))
+
+
+def own_row(method, s, epoch, ck_dir, res_dir, dense_rows):
+    """One of this script's rows (all but the measured columns), from summary.json and final.pt."""
     summary = load_json(res_dir / "summary.json")
     final = read_checkpoint(ck_dir / "final.pt", hint=f"python earlycrop.py --methods {method} --force")
     row = {"method": method, "structured": method in STRUCTURED, "sparsity": s,
            "test_acc": summary["test_acc"], "prune_epoch": epoch,
            "train_seconds": dense_seconds_until(dense_rows, epoch) + final.get("score_seconds", 0.0)
            + summary["seconds"], "source": str(res_dir / "summary.json")}
-    return dict(row, **measure(final, setup.hp.batch_size, setup.device, n_full, channels_full, args.timing_steps))
+    return row
 
 
 def print_row(row):
     print(f"{row['method']} sparsity {row['sparsity']:g} (pruned at epoch {row['prune_epoch']}): "
           f"{row['test_acc']:.2f}%, weight sparsity {100 * row['weight_sparsity']:.1f}%, "
-          f"{row['params']:,} params, {row['train_seconds']:.0f} s", file=sys.stdout)
+          f"{row['params']:,.0f} params, {row['train_seconds']:.0f} s", file=sys.stdout)
 
 
 if __name__ == "__main__":

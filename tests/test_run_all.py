@@ -11,7 +11,8 @@ from conftest import TINY_DATA, assert_user_error, run_script
 from test_plots_report import md_table
 from utils.io import load_csv
 
-STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "robustness", "plot_results", "make_report"]
+STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "earlycrop", "robustness", "plot_results",
+         "make_report"]
 
 
 def dry_run(*args):
@@ -48,7 +49,7 @@ def test_presets_are_consistent_with_the_dense_run(tmp_path):
         assert flag(cmds["lottery_imp"], "--from") == [str(ck / "dense" / f"epoch_{last:03d}.pt")]
         assert flag(cmds["lottery_imp"], "--rewind") == [str(ck / "dense" / "init.pt")]
         assert flag(cmds["early_bird"], "--dense-run") == [str(ck / "dense")]
-        for step in STEPS[:5]:  # the common flags reach every training script
+        for step in STEPS[:6]:  # the common flags reach every training script
             assert flag(cmds[step], "--checkpoint-dir") == [str(ck)]
             assert flag(cmds[step], "--results-dir") == [str(tmp_path / "r")]
         assert flag(cmds["plot_results"], "--results-dir") == [str(tmp_path / "r")]
@@ -58,7 +59,7 @@ def test_presets_are_consistent_with_the_dense_run(tmp_path):
     assert flag(cmds["lottery_imp"], "--from") == ["checkpoints/dense/epoch_160.pt"]
     # the user's flags win over the preset's and are passed on
     cmds = dry_run("--preset", "smoke", "--train-subset", 100, "--seed", 3, "--force", "--device", "cpu")
-    for step in STEPS[:5]:
+    for step in STEPS[:6]:
         assert flag(cmds[step], "--train-subset") == ["100"] and flag(cmds[step], "--test-subset") == ["64"]
         assert flag(cmds[step], "--seed") == ["3"] and "--force" in cmds[step]
     assert "--force" not in cmds["plot_results"] and "--force" not in cmds["make_report"]
@@ -113,10 +114,12 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     assert set(progress) == set(STEPS)  # one line per step; Tasks 2-4 may finish in any order
     assert progress["train_dense"] == (1, 0) and progress["prune_magnitude"] == (4, 0)  # sparsity 0 (fine-tuned dense) + 50 70 90
     assert progress["early_bird"] == (8, 0) and progress["lottery_imp"][0] >= 6
+    assert progress["earlycrop"] == (5, 0)  # crop_u, crop_s, earlycrop_u, earlycrop_s, random_s at 90%
 
     # every results file of the contract
     for f in ["dense/trajectory.csv", "dense/summary.json", "magnitude/summary.csv", "lottery/summary.csv",
-              "early_bird/summary.csv", "early_bird/detection.json", "robustness/summary.csv",
+              "early_bird/summary.csv", "early_bird/detection.json", "earlycrop/summary.csv",
+              "earlycrop/detection.json", "robustness/summary.csv",
               "report.pdf", "report.md", "code.zip"]:
         assert (res / f).is_file(), f
     for s in ("50", "70", "90"):
@@ -153,7 +156,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     second = run_script("run_all.py", *args, "--jobs", 2, timeout=300)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    for step in STEPS[:4]:
+    for step in STEPS[:5]:
         assert progress[step][0] == 0, (step, progress[step])
     assert _stamps(res) == stamps and _files(res, ck) == files
     # only start-up, skip checks, plots and report (a wall-clock bound: CPU load from other

@@ -25,8 +25,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from data import load_cifar10
 from models import model_from_checkpoint, prunable_weights, read_checkpoint
 from utils import train as train_mod

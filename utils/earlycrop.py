@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from models import count_params, get_model, model_from_checkpoint, prunable_weights
 from utils.channels import count_flops
 from utils.experiment import pct_name
-from utils.io import load_csv, load_json
+from utils.io import load_json
 from utils.train import MaskedParams, autocast
 
 SUMMARY_COLUMNS = ["method", "structured", "sparsity", "test_acc", "weight_sparsity", "node_sparsity",
                    "prune_epoch", "train_seconds", "batch_ms", "peak_mem_mb", "disk_mb", "params", "flops",
                    "source"]
+# Columns measured on this device (a rerun on the same device reuses them)
+MEASURED = ["weight_sparsity", "node_sparsity", "batch_ms", "peak_mem_mb", "disk_mb", "params", "flops"]
 METHODS = ("crop_u", "crop_s", "earlycrop_u", "earlycrop_s", "random_s")
 STRUCTURED = {"crop_s", "earlycrop_s", "random_s", "early_bird"}
 AT_INIT = {"crop_u", "crop_s", "random_s"}
@@ -137,24 +139,21 @@ def other_rows(sparsity, checkpoint_dir, results_dir, dense_run, dense_rows):
         else:
             missing.append((method, f"python prune_at_init.py --methods {name} --sparsities {sparsity:g}"))
     # Early-Bird: the ticket at its detected epoch for the ratio equal to this sparsity
-    eb_rows = [r for r in (load_csv(res / "early_bird" / "summary.csv") if (res / "early_bird" / "summary.csv").is_file() else [])
-               if abs(float(r["ratio"]) - sparsity) < 1e-9]
     detection = _load_summary(res / "early_bird" / "detection.json") or {}
     eb_epoch = ((detection.get("ratios") or {}).get(f"{sparsity:g}") or {}).get("eb_epoch")
-    eb = [r for r in eb_rows if eb_epoch is not None and int(float(r["ticket_epoch"])) == eb_epoch]
-    if eb:
+    eb_row = None
+    if eb_epoch is not None:
         folder = Path(f"epoch_{eb_epoch:03d}") / pct_name(sparsity, "ratio")
         s, f = res / "early_bird" / folder / "summary.json", ck / "early_bird" / folder / "final.pt"
-        summary = _load_summary(s)
-        if summary and f.is_file():
-            found.append(({"method": "early_bird", "structured": True, "sparsity": sparsity,
-                           "test_acc": summary["test_acc"], "prune_epoch": eb_epoch,
-                           "train_seconds": dense_seconds_until(dense_rows, eb_epoch) + summary["seconds"],
-                           "source": str(s)}, f))
-            eb = True
-        else:
-            eb = False
-    if not eb:
+        summary = _load_summary(s) if s.is_file() and f.is_file() else None
+        if summary:
+            eb_row = ({"method": "early_bird", "structured": True, "sparsity": sparsity,
+                       "test_acc": summary["test_acc"], "prune_epoch": eb_epoch,
+                       "train_seconds": dense_seconds_until(dense_rows, eb_epoch) + summary["seconds"],
+                       "source": str(s)}, f)
+    if eb_row:
+        found.append(eb_row)
+    else:
         missing.append(("early_bird", f"python early_bird.py --ticket-epochs auto --ratios {sparsity:g}"))
     # LTR: IMP, with late rewinding preferred; its cost is the dense run plus every round up to s
     ltr = None

@@ -9,6 +9,7 @@ task adds `utils/analysis/<task>.py` and one line below, and never touches the t
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.analysis import earlycrop  # noqa: E402
 from utils.analysis import early_bird, lottery, magnitude, papers, robustness, setup
 from utils.document import Doc
 from utils.plots.common import Results
@@ -20,6 +21,7 @@ SECTIONS = [
     lottery.section,
     early_bird.section,
     robustness.section,
+    earlycrop.section,
 ]
 
 
