@@ -17,9 +17,10 @@ from models import model_from_checkpoint, read_checkpoint
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, task_parser, task_setup
 from utils.lottery import (CONTROLS, check_imp_history, checkpoint_label, imp_schedule,
-                           imp_zero_counts, load_inputs, magnitude_mask, print_table,
+                           imp_zero_counts, load_inputs, print_table,
                            random_control_mask, reinitialised, rewound, run_ticket, source_weights,
                            ticket_folder, write_summary)
+from utils.lottery import magnitude_mask_with_zeros as magnitude_mask
 from utils.pruning import num_to_prune
 from utils.train import evaluate
 

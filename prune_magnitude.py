@@ -13,8 +13,9 @@ from models import load_checkpoint, model_from_checkpoint, prunable_weights
 from utils.errors import cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import save_csv, save_json, save_torch
-from utils.pruning import (SCOPES, format_report, magnitude_mask, sparsity_report,
+from utils.pruning import (SCOPES, format_report, sparsity_report,
                            weights_fingerprint)
+from utils.pruning import magnitude_mask_at_sparsity as magnitude_mask
 from utils.train import evaluate, finished_summary, train_run
 
 # Fine-tuning, not training from scratch: the weights are already trained, so start at the
