@@ -98,7 +98,9 @@ def main(argv=None):
         init_ckpt, init_label = fresh_init_checkpoint(args.arch, seed), f"fresh {args.arch} seed {seed}"
     else:
         init_path = Path(args.init or setup.checkpoint_dir / "dense" / "init.pt")
-        init_ckpt = read_checkpoint(init_path, hint="python train_dense.py")
+        hint = "python train_dense.py" + (f" --checkpoint-dir {setup.checkpoint_dir}"
+                                          if str(setup.checkpoint_dir) != "checkpoints" else "")
+        init_ckpt = read_checkpoint(init_path, hint=hint)
         check_init_checkpoint(init_ckpt, init_path)
         init_label = checkpoint_label(init_path)
     arch = init_ckpt["arch"]
