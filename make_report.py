@@ -11,7 +11,25 @@ from pathlib import Path
 
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
+import utils.report
+from utils.analysis_prune_at_init import section as prune_at_init_section
+from utils.plots import FIGURES
+from utils.plots_prune_at_init import FIGURES as PRUNE_AT_INIT_FIGURES
 from utils.report import write_code_zip, write_report
+
+# wiring: prune_at_init.py's figures and report section, appended after the shared sections
+FIGURES.extend(s for s in PRUNE_AT_INIT_FIGURES if s not in FIGURES)
+_shared_build_doc = utils.report.build_doc
+
+
+def _build_doc_with_tasks(res, papers_path):
+    doc = _shared_build_doc(res, papers_path)
+    doc.page_break()
+    prune_at_init_section(doc, res)
+    return doc
+
+
+utils.report.build_doc = _build_doc_with_tasks
 
 REPO = Path(__file__).resolve().parent
 

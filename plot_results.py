@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
 from utils.plots import FIGURES, Results, build_figure, save_figure
+from utils.plots_prune_at_init import FIGURES as PRUNE_AT_INIT_FIGURES
+
+FIGURES.extend(s for s in PRUNE_AT_INIT_FIGURES if s not in FIGURES)  # wiring: prune_at_init.py's figures
 
 
 def parse_args(argv):
