@@ -402,10 +402,45 @@ def test_fresh_arch_init_is_the_dense_init_bit_for_bit(tiny_dense):
     assert fresh.keys() == saved.keys() and all(torch.equal(fresh[k], saved[k]) for k in saved)
 
 
-def test_every_help_flag_is_documented():
+def test_every_help_flag_is_documented(capsys):
     page = (REPO / "docs" / "prune_at_init.md").read_text()
-    proc = run_script("prune_at_init.py", "--help")
-    flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", proc.stdout))
+    with pytest.raises(SystemExit):
+        prune_at_init.parse_args(["--help"])
+    flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", capsys.readouterr().out))
     assert len(flags) > 15
     missing = sorted(f for f in flags if f"`{f}" not in page)
     assert not missing, missing
+
+
+def test_figures_and_report_section_read_the_results(pai):
+    import matplotlib.pyplot as plt
+
+    from utils.analysis_prune_at_init import section
+    from utils.plots import Results
+    from utils.plots_prune_at_init import FIGURES
+    from utils.report import Doc
+
+    res = Results(pai["root"] / "r")
+    for spec in FIGURES:
+        fig = spec.build(res)
+        assert fig is not None, spec.name
+        plt.close(fig)
+    empty = Results(pai["root"] / "nothing")
+    assert all(spec.build(empty) is None for spec in FIGURES)
+    doc = Doc()
+    section(doc, res)
+    table = doc.tables["prune_at_init"]
+    rows = load_csv(pai["res"] / "summary.csv")
+    want = []
+    for m, name in (("snip", "SNIP"), ("grasp", "GraSP"), ("synflow", "SynFlow")):
+        acc = {r["ablation"]: f"{float(r['final_acc']):.2f}" for r in rows if r["method"] == m}
+        want.append([name, "90%", acc["original"], acc["shuffle"], acc["reinit"], acc["invert"]])
+    assert [r[:6] for r in table.rows] == want
+    text = " ".join(str(b[1]) for b in doc.blocks)
+    dense = next(float(r["final_acc"]) for r in rows if r["method"] == "none")
+    assert f"{dense:.2f}%" in text and "No random baseline" in text
+    snip = {r["ablation"]: float(r["final_acc"]) for r in rows if r["method"] == "snip"}
+    assert f"mean {snip['invert'] - snip['original']:+.2f} points vs original" in text
+    doc = Doc()
+    section(doc, empty)
+    assert "run python prune_at_init.py" in " ".join(str(b[1]) for b in doc.blocks)

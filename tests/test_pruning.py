@@ -10,7 +10,7 @@ from utils.config import TrainConfig
 from utils.errors import UserError
 from utils.pruning import (apply_mask, format_report, global_magnitude_mask,
                            layerwise_magnitude_mask, magnitude_mask_at_sparsity,
-                           random_mask_like, sparsity, sparsity_report, weights_fingerprint)
+                           random_mask_like, sparsity_report, weights_fingerprint)
 from utils.train import train_run
 
 SPARSITIES = [0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 0.95]

@@ -41,7 +41,7 @@ def section(doc, res):
     methods = [m for m in METHODS if any(r.get("method") == m for r in rows)]
     dense = dense_accuracy(rows)
     doc.p(f"The untrained {cfg.get('arch', 'network')} ({cfg.get('init', 'its initialisation')}) is pruned by "
-          f"each score, and every subnetwork is trained {cfg.get('epochs', '?')} epochs (lr {cfg.get('lr', '?')}, "
+          f"each score, and every subnetwork is trained for {cfg.get('epochs', '?')} epoch(s) (lr {cfg.get('lr', '?')}, "
           f"milestones {cfg.get('milestones', '?')}) with its mask fixed. Ablations: shuffle each layer's mask, "
           "re-initialise the kept weights, invert the scores (prune the other end)."
           + (f" The dense network trained the same way reaches {acc(dense)}%." if dense is not None else ""))
@@ -49,13 +49,13 @@ def section(doc, res):
     table_rows = []
     for m in methods:
         by_ablation = {a: _by_sparsity(rows, m, a) for a in ABLATIONS}
-        seconds = [r["score_seconds"] for r in rows if r.get("method") == m and r.get("ablation") == "original"]
+        seconds = {r["sparsity"]: r["score_seconds"] for r in select(rows, m, "original")}
         for s in sorted(by_ablation["original"]):
             table_rows.append([METHOD_NAMES[m], pct(s)] + [acc(by_ablation[a].get(s)) for a in ABLATIONS]
-                              + [f"{max(seconds):.2f}" if seconds else "n/a"])
+                              + [f"{seconds[s]:.2f}"])
     doc.table(Table("prune_at_init", "Test accuracy (%) after training each subnetwork pruned at "
                     "initialisation, per ablation (n/a: not run; random runs original only)",
-                    ["method", "sparsity", "original", "shuffle", "reinit", "invert", "score s"], table_rows))
+                    ["method", "sparsity", "original", "shuffle", "reinit", "invert", "scoring (s)"], table_rows))
     doc.figure("prune_at_init_ablations")
     doc.figure("prune_at_init_layer_density")
 

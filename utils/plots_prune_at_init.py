@@ -100,6 +100,7 @@ def fig_layer_density(res):
             ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
         ax.set(ylabel="weights kept (%)", title=f"{pct(s)} sparsity: per-layer density of each method's mask")
         ax.set_yscale("symlog", linthresh=0.1)  # a collapsed layer (0% kept) still shows
+        ax.set_ylim(0, 150)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
