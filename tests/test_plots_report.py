@@ -16,6 +16,8 @@ from utils.plots import FIGURES, Results, fig_accuracy_vs_sparsity, fig_early_bi
 
 matplotlib.use("Agg")
 
+from utils.plots_prune_at_init import FIGURES as PRUNE_AT_INIT_FIGURES  # noqa: E402
+
 FIGURE_NAMES = {f.name for f in FIGURES}
 
 
@@ -52,7 +54,8 @@ def test_plot_results_writes_every_figure(results, tmp_path):
     for name in drawn:
         assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (plots / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert f"{len(drawn)} of {len(FIGURES)} figures written" in proc.stdout
+    # plot_results.py also counts the task modules' figures (prune_at_init.py's two, skipped here)
+    assert f"{len(drawn)} of {len(FIGURES) + len(PRUNE_AT_INIT_FIGURES)} figures written" in proc.stdout
     assert "skipped lottery_control_random_trajectories" in proc.stdout
     assert "python lottery_imp.py --controls random" in proc.stdout
     assert not list(plots.glob(".*.tmp"))  # atomic writes leave no temporaries
@@ -95,7 +98,8 @@ def test_missing_inputs_are_skipped_with_the_command(tmp_path):
     proc = run_script("plot_results.py", "--results-dir", results, "--plots-dir", plots)
     assert sorted(p.name for p in plots.iterdir()) == ["dense_trajectory.pdf", "dense_trajectory.png"]
     skipped = [ln for ln in proc.stdout.splitlines() if ln.startswith("skipped")]
-    assert len(skipped) == len(FIGURES) - 1
+    assert len(skipped) == len(FIGURES) + len(PRUNE_AT_INIT_FIGURES) - 1
+    assert any("prune_at_init_ablations" in ln and "(run: python prune_at_init.py)" in ln for ln in skipped)
     assert any("magnitude_trajectories" in ln and "(run: python prune_magnitude.py)" in ln for ln in skipped)
     assert any("early_bird_accuracy" in ln and "(run: python early_bird.py)" in ln for ln in skipped)
     assert any("robustness:" in ln and "(run: python robustness.py)" in ln for ln in skipped)
@@ -105,6 +109,7 @@ def test_missing_inputs_are_skipped_with_the_command(tmp_path):
     md = (results / "report.md").read_text()
     assert "No results yet (results/magnitude/summary.csv): run python prune_magnitude.py." in md
     assert "No results yet (results/early_bird/summary.csv): run python early_bird.py." in md
+    assert "No results yet (results/prune_at_init/summary.csv): run python prune_at_init.py." in md
     assert f"The paper summaries are missing: {tmp_path / 'none.md'} was not found." in md
     assert pdf_pages(results / "report.pdf") >= 2
 
