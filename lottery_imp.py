@@ -22,9 +22,10 @@ from models import model_from_checkpoint, read_checkpoint
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, task_parser, task_setup
 from utils.lottery import (CONTROLS, check_imp_history, checkpoint_label, imp_schedule,
-                           imp_zero_counts, load_inputs, magnitude_mask, print_table,
+                           imp_zero_counts, load_inputs, print_table,
                            random_control_mask, reinitialised, rewound, run_ticket, source_weights,
                            ticket_folder, write_summary)
+from utils.lottery import magnitude_mask_with_zeros
 from utils.pruning import num_to_prune, without_layers
 from utils.train import evaluate
 
@@ -93,7 +94,7 @@ def main(argv=None):
     rows = []
 
     # Step 3: one-shot tickets — one mask per sparsity from --from, rewound, retrained.
-    oneshot_masks = {s: magnitude_mask(dense_weights, num_to_prune(s, n)) for s in sparsities}
+    oneshot_masks = {s: magnitude_mask_with_zeros(dense_weights, num_to_prune(s, n)) for s in sparsities}
     if args.mode in ("oneshot", "both"):
         for s, mask in oneshot_masks.items():
             rows.append(run_ticket(method="oneshot", sparsity=s, round_no=1, mask=mask,
@@ -108,7 +109,7 @@ def main(argv=None):
         print(f"IMP: {len(schedule)} rounds x {setup.hp.epochs} epochs, sparsities "
               + ", ".join(f"{100 * s:g}%" for s in schedule))
         for r, (s, zeros) in enumerate(zip(schedule, counts), start=1):
-            mask = magnitude_mask(source, zeros, prev_mask)
+            mask = magnitude_mask_with_zeros(source, zeros, prev_mask)
             history = {"imp_rate": args.imp_rate, "imp_schedule": schedule[:r]}
             rows.append(run_ticket(method="imp", sparsity=s, round_no=r, mask=mask,
                                    model=rewound(rewind_ckpt, mask, device),

@@ -24,7 +24,7 @@ from models import load_checkpoint, model_from_checkpoint, prunable_weights
 from utils.errors import cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import save_csv, save_json, save_torch
-from utils.pruning import (SCOPES, format_report, magnitude_mask, sparsity_report,
+from utils.pruning import (SCOPES, format_report, magnitude_mask_at_sparsity, sparsity_report,
                            weights_fingerprint, without_layers)
 from utils.train import evaluate, plan_run, train_run
 
@@ -95,7 +95,7 @@ def main(argv=None):
             config["ignore_layers"] = ignored
 
         # Step 2: prune by magnitude (cheap and deterministic, so also done for finished runs).
-        mask = magnitude_mask(from_weights, target, args.scope, mask=from_mask)
+        mask = magnitude_mask_at_sparsity(from_weights, target, args.scope, mask=from_mask)
         report = sparsity_report(mask)
         plan = plan_run(ckpt_dir, results_dir, config, OUTPUT_FILES, force)
         if plan.skip:

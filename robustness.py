@@ -130,7 +130,8 @@ def ticket_experiment(setup, args, evaluator, arch, experiment):
         if mask is not None and not plan.skip:  # a rerun of a finished ticket writes nothing
             write_mask(ck_root / run / "mask.pt", mask, setup.run.force or plan.fresh)
         extra = adversarial_train_kwargs(setup.test, seed, args.eps, args.step, args.train_steps,
-                                         args.monitor_subset, train=training == "pgd")
+                                         args.monitor_subset, train=training == "pgd",
+                                         precision=hp.precision)
         train_run(model, setup.train, setup.test, hp, arch=arch, config=config, seed=seed,
                   ckpt_dir=ck_root / run, results_dir=res_root / run, force=plan.fresh,
                   save_as=save_as, mask=mask, outputs=outputs, desc=f"{arch} {run}", **extra)

@@ -24,10 +24,11 @@ from utils.errors import UserError, cli_main
 REPO = Path(__file__).resolve().parent
 # (step, the folder under results/ whose summary.json files are its runs)
 STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_imp", "lottery"),
-         ("early_bird", "early_bird"), ("earlycrop", "earlycrop"), ("robustness", "robustness"),
+         ("early_bird", "early_bird"), ("prune_at_init", "prune_at_init"), ("earlycrop", "earlycrop"),
+         ("robustness", "robustness"),
          ("plot_results", None), ("make_report", None)]
 # Steps that only need the dense run, so --jobs may run them side by side.
-PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird"}
+PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird", "prune_at_init"}
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
 ATTEMPT_MARK = "===== run_all attempt,"  # starts the header line of each attempt in a step's log
 
@@ -38,7 +39,7 @@ def preset_flags(preset, checkpoint_dir):
     dense_dir = Path(checkpoint_dir) / "dense"
     if preset == "full":  # the assignment as written: every script's defaults
         dense, last, tickets = [], 160, None
-        mag = lot = eb = rob = ec = []
+        mag = lot = eb = rob = pai = ec = []
         subsets = []
     elif preset == "quick":  # every schedule at 1/5: 32 dense epochs, tickets at 2 6 10 20
         last, tickets = 32, [2, 6, 10, 20]
@@ -46,7 +47,7 @@ def preset_flags(preset, checkpoint_dir):
         retrain = ["--epochs", 32, "--milestones", 16, 24]
         mag = ["--epochs", 8, "--milestones", 4]  # 1/5 of the 40-epoch fine-tuning
         lot = retrain + ["--imp-rate", 0.5]  # 4 IMP rounds (50, 70, 85, 90%) instead of 12
-        eb = retrain
+        eb = pai = retrain
         ec = retrain + ["--prune-by", 20]
         rob = retrain + ["--eval-subset", 1000, "--monitor-subset", 500, "--train-steps", 3]
         subsets = []
@@ -59,6 +60,7 @@ def preset_flags(preset, checkpoint_dir):
         # window 2, so the detector can fire within 4 dense epochs
         eb = retrain + ["--eb-window", 2, "--speed-batch", 8, "--speed-repeats", 1]
         ec = retrain + ["--sparsities", 0.9, "--crop-batches", 1]
+        pai = retrain + ["--sparsities", 0, 0.9, "--score-per-class", 2]
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
         subsets = ["--train-subset", 64, "--test-subset", 64]
     else:
@@ -69,6 +71,7 @@ def preset_flags(preset, checkpoint_dir):
         "prune_magnitude": mag + ["--from", dense_dir / f"epoch_{last:03d}.pt"],
         "lottery_imp": lot + ["--from", dense_dir / f"epoch_{last:03d}.pt", "--rewind", dense_dir / "init.pt"],
         "early_bird": eb + ticket_flags + ["--dense-run", dense_dir],
+        "prune_at_init": pai + ["--init", dense_dir / "init.pt"],
         "earlycrop": ec + ["--dense-run", dense_dir],
         "robustness": rob,
     }

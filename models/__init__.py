@@ -9,16 +9,23 @@ from pathlib import Path
 import torch
 
 from models.resnet import CifarResNet
+from models.vgg import VGG16_PLAN, CifarVGG
 from utils.errors import UserError
 from utils.io import load_torch
 
-ARCHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
+# name -> ResNet depth, or the VGG plan
+ARCHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "vgg16": VGG16_PLAN}
 
 
 def get_model(arch="resnet20", num_classes=10, shortcut="B", widths=None):
-    """Build a CIFAR ResNet by name; `widths` gives the inner width of every block."""
+    """Build a CIFAR network by name; for ResNets `widths` gives the inner width of every block
+    (VGG has no shortcuts and takes no `widths`)."""
     if arch not in ARCHS:
         raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch.startswith("vgg"):
+        if widths is not None:
+            raise UserError(f"{arch} takes no block widths (channel-pruned VGGs are not supported)")
+        return CifarVGG(ARCHS[arch], num_classes)
     return CifarResNet(ARCHS[arch], num_classes, shortcut, widths)
 
 

@@ -161,28 +161,19 @@ def test_robust_accuracy_reproduces_from_checkpoint(tiny_dense, slice64):
 def test_robust_evaluation_is_fp32_whatever_the_training_precision(fitted):
     """bf16 training precision changes the PGD training examples but never the evaluation."""
     model, train = fitted
-    fp32_numbers = robust_evaluate(model, train, steps=3, seed=5, limit=48)
     x, y = batch(train, 32)
-    crafted = {}
-    try:
-        set_precision("bf16")  # the setting a CUDA run or a bf16 CPU gets
-        assert robust_evaluate(model, train, steps=3, seed=5, limit=48) == fp32_numbers
-        crafted["bf16"] = PGDTraining(steps=2, seed=1)(model.train(), x, y)
-    finally:
-        set_precision("fp32")
-        model.eval()
-    crafted["fp32"] = PGDTraining(steps=2, seed=1)(model.train(), x, y)
+    crafted = {p: PGDTraining(steps=2, seed=1, precision=p)(model.train(), x, y) for p in ("bf16", "fp32")}
     model.eval()
-    # the training perturbation does follow the training precision (so the setting took effect)
+    # the training perturbation does follow the training precision (so the setting takes effect)
     assert not torch.equal(crafted["bf16"], crafted["fp32"])
-    # the evaluation's forward passes see fp32 activations, never bf16
+    # the evaluation's forward passes see fp32 activations, never bf16, even inside a bf16 autocast
     dtypes = set()
     hook = model.linear.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
     try:
-        set_precision("bf16")
-        robust_evaluate(model, train, steps=1, seed=5, limit=16)
+        fp32_numbers = robust_evaluate(model, train, steps=3, seed=5, limit=48)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert robust_evaluate(model, train, steps=3, seed=5, limit=48) == fp32_numbers
     finally:
-        set_precision("fp32")
         hook.remove()
     assert dtypes == {torch.float32}
 

@@ -7,7 +7,7 @@ from utils.io import save_csv, save_json
 from utils.earlycrop import SUMMARY_COLUMNS
 from utils.plots import Results
 from utils.plots.earlycrop import fig_earlycrop_accuracy, fig_earlycrop_detector
-from utils.report import Doc
+from utils.document import Doc
 
 matplotlib.use("Agg")
 

@@ -25,7 +25,7 @@ from utils.errors import UserError  # noqa: E402
 from utils.io import load_csv, load_json  # noqa: E402
 from utils.io import save_json  # noqa: E402
 from utils.lottery import (check_imp_history, imp_epochs, imp_schedule,  # noqa: E402
-                           imp_zero_counts, magnitude_mask, write_mask, write_summary)
+                           imp_zero_counts, magnitude_mask_with_zeros, write_mask, write_summary)
 from utils.train import evaluate, seeded  # noqa: E402
 
 N_RESNET20 = 270896  # prunable weights of resnet20 (shortcut B)
@@ -133,18 +133,18 @@ def test_bad_rate_is_a_user_error():
 def test_magnitude_mask_nested_and_exact():
     g = torch.Generator().manual_seed(0)
     w = {"a": torch.randn(10, 10, generator=g), "b": torch.randn(300, generator=g)}
-    m1 = magnitude_mask(w, 80)
+    m1 = magnitude_mask_with_zeros(w, 80)
     assert zeros_of(m1) == 80
     flat = torch.cat([w["a"].flatten(), w["b"]]).abs()
     kept = torch.cat([m1["a"].flatten(), m1["b"]]).bool()
     assert flat[kept].min() > flat[~kept].max()  # the 80 smallest, globally
     # a later round's source has other magnitudes; the old zeros must stay zeros
     w2 = {k: v.flip(0) for k, v in w.items()}
-    m2 = magnitude_mask(w2, 200, prev_mask=m1)
+    m2 = magnitude_mask_with_zeros(w2, 200, prev_mask=m1)
     assert zeros_of(m2) == 200
     assert all(bool((m2[k][m1[k] == 0] == 0).all()) for k in w)
     with pytest.raises(ValueError):
-        magnitude_mask(w, 50, prev_mask=m1)
+        magnitude_mask_with_zeros(w, 50, prev_mask=m1)
 
 
 def test_write_mask_refuses_a_stale_mask(tmp_path):

@@ -99,6 +99,7 @@ def test_missing_inputs_are_skipped_with_the_command(tmp_path):
     assert sorted(p.name for p in plots.iterdir()) == ["dense_trajectory.pdf", "dense_trajectory.png"]
     skipped = [ln for ln in proc.stdout.splitlines() if ln.startswith("skipped")]
     assert len(skipped) == len(FIGURES) - 1
+    assert any("prune_at_init_ablations" in ln and "(run: python prune_at_init.py)" in ln for ln in skipped)
     assert any("magnitude_trajectories" in ln and "(run: python prune_magnitude.py)" in ln for ln in skipped)
     assert any("early_bird_accuracy" in ln and "(run: python early_bird.py)" in ln for ln in skipped)
     assert any("robustness:" in ln and "(run: python robustness.py)" in ln for ln in skipped)
@@ -108,6 +109,7 @@ def test_missing_inputs_are_skipped_with_the_command(tmp_path):
     md = (results / "report.md").read_text()
     assert "No results yet (results/magnitude/summary.csv): run python prune_magnitude.py." in md
     assert "No results yet (results/early_bird/summary.csv): run python early_bird.py." in md
+    assert "No results yet (results/prune_at_init/summary.csv): run python prune_at_init.py." in md
     assert f"The paper summaries are missing: {tmp_path / 'none.md'} was not found." in md
     assert pdf_pages(results / "report.pdf") >= 2
 

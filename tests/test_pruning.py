@@ -8,9 +8,9 @@ from data import CifarSplit
 from models import prunable_weights
 from utils.config import TrainConfig
 from utils.errors import UserError
-from utils.pruning import (apply_mask, combine, format_report, global_magnitude_mask,
-                           layerwise_magnitude_mask, magnitude_mask, random_mask_like, sparsity,
-                           sparsity_report, weights_fingerprint)
+from utils.pruning import (apply_mask, format_report, global_magnitude_mask,
+                           layerwise_magnitude_mask, magnitude_mask_at_sparsity,
+                           random_mask_like, sparsity_report, weights_fingerprint)
 from utils.train import train_run
 
 SPARSITIES = [0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 0.95]
@@ -89,7 +89,7 @@ def test_layerwise_prunes_each_layer_by_its_own_fraction():
             assert int((mask[name] == 0).sum()) == k
             ref = reference_zeros({name: w}, k)
             assert {fi for _, fi in zeros_of({name: mask[name]})} == {fi for _, fi in ref}
-        assert all(torch.equal(mask[k], magnitude_mask(weights, s, "layerwise")[k]) for k in mask)
+        assert all(torch.equal(mask[k], magnitude_mask_at_sparsity(weights, s, "layerwise")[k]) for k in mask)
     glob = global_magnitude_mask(weights, 0.5)
     # round(0.5 * 114) = 57 zeros: all 60 linear weights are smaller, so 57 of them and no conv
     assert int((glob["0.weight"] == 0).sum()) == 0 and int((glob["3.weight"] == 0).sum()) == 57
@@ -97,7 +97,7 @@ def test_layerwise_prunes_each_layer_by_its_own_fraction():
     assert int((layer["0.weight"] == 0).sum()) == round(0.5 * n_conv)
     assert int((layer["3.weight"] == 0).sum()) == round(0.5 * n_lin)
     with pytest.raises(UserError, match="scope"):
-        magnitude_mask(weights, 0.5, "per-channel")
+        magnitude_mask_at_sparsity(weights, 0.5, "per-channel")
 
 
 def test_a_later_mask_only_removes_more():
@@ -117,11 +117,6 @@ def test_a_later_mask_only_removes_more():
         global_magnitude_mask(weights, 0.2, mask=earlier)
     with pytest.raises(UserError, match="only removes more"):
         layerwise_magnitude_mask(weights, 0.0, mask=earlier)
-    # combine keeps an entry only where every mask keeps it: the zeros are the union
-    other = global_magnitude_mask(weights, 0.4)
-    both = combine(earlier, other)
-    assert zeros_of(both) == zeros_of(earlier) | zeros_of(other)
-    assert sparsity(both) >= max(sparsity(earlier), sparsity(other))
 
 
 def test_bad_sparsity_is_refused():

@@ -95,8 +95,11 @@ def strict_fp32(device):
 
 
 def _precision(device, amp):
-    """The training loop's autocast when `amp`, else nothing (fp32)."""
-    return autocast(device) if amp else contextlib.nullcontext()
+    """The training loop's autocast when `amp` (True = 'auto', or a --precision value), else
+    nothing (fp32)."""
+    if not amp:
+        return contextlib.nullcontext()
+    return autocast(device, "auto" if amp is True else amp)
 
 
 def input_gradient(model, x, y, amp=True):
@@ -191,14 +194,15 @@ class PGDTraining:
     the random-start generator is saved with the run so a resumed run draws the same noise.
     """
 
-    def __init__(self, eps=8.0, step=2.0, steps=10, seed=0):
+    def __init__(self, eps=8.0, step=2.0, steps=10, seed=0, precision="auto"):
         self.eps, self.step, self.steps = eps / 255, step / 255, steps
+        self.precision = precision  # the training loop's --precision: the update sees the same
         self.generator = cpu_generator(seed, "pgd-train")
 
     def __call__(self, model, x, y):
         noise = uniform_noise(tuple(x.shape), self.generator, x.device)
         with input_grad_only(model), frozen_bn_stats(model):
-            return pgd(model, x, y, self.eps, self.step, self.steps, noise).detach()
+            return pgd(model, x, y, self.eps, self.step, self.steps, noise, amp=self.precision).detach()
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}
@@ -225,9 +229,9 @@ class RobustMonitor:
 
 
 def adversarial_train_kwargs(test, seed, eps=8.0, step=2.0, steps=10, monitor_subset=1000,
-                             train=True):
+                             train=True, precision="auto"):
     """`train_run` keyword arguments: PGD-AT `perturb` (if `train`) and the robust-accuracy columns."""
     kwargs = {"extra_metrics": RobustMonitor(test, eps, step, steps, seed, monitor_subset)}
     if train:
-        kwargs["perturb"] = PGDTraining(eps, step, steps, seed)
+        kwargs["perturb"] = PGDTraining(eps, step, steps, seed, precision)
     return kwargs

@@ -118,7 +118,8 @@ def dense_weights_at(dense_run, epoch, *, dense_results, replay_dir, replay_resu
     if config.get("adv_train"):  # a PGD-trained dense run replays with the same attack
         from utils.attacks import adversarial_train_kwargs
         extra = adversarial_train_kwargs(test, seed, config["adv_eps"], config["adv_step"],
-                                         config["adv_steps"], config["adv_monitor_subset"])
+                                         config["adv_steps"], config["adv_monitor_subset"],
+                                         precision=config.get("precision", "auto"))
     run_config = dict(config, epochs=epoch, replay_of=fingerprint)
     run_dir, results = replay_dir / f"{name}.run", replay_results / name
     (results / "summary.json").unlink(missing_ok=True)  # its checkpoint is gone: train it again

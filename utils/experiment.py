@@ -58,7 +58,8 @@ class Setup:
 
         a = self.adv
         return adversarial_train_kwargs(self.test, self.run.seed, a.adv_eps, a.adv_step,
-                                        a.adv_steps, a.adv_monitor_subset)
+                                        a.adv_steps, a.adv_monitor_subset,
+                                        precision=self.hp.precision)
 
     def config(self, **extra):
         """The run's settings as one JSON-ready dict (saved in checkpoints and summaries)."""

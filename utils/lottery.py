@@ -101,7 +101,7 @@ def source_weights(ckpt):
     return {n: w.detach().clone() for n, w in prunable_weights(model_from_checkpoint(ckpt)).items()}
 
 
-def magnitude_mask(weights, zeros, prev_mask=None):
+def magnitude_mask_with_zeros(weights, zeros, prev_mask=None):
     """Global top-k mask pruning exactly `zeros` weights; `prev_mask`'s zeros stay pruned."""
     n = sum(w.numel() for w in weights.values())
     if prev_mask is not None:

@@ -2,8 +2,10 @@
 
 A mask is a plain dict: parameter name -> float 0/1 tensor shaped like the weight (1 = kept).
 Pruning counts are exact: sparsity s of N candidates zeroes exactly round(s·N) weights, the
-smallest |w| first, ties broken by position (layer order, then flat index), so the same weights
-always give the same mask. BatchNorm parameters and biases are never candidates.
+lowest scores first (or the highest, with `prune_highest`), ties broken by position (layer
+order, then flat index), so the same scores always give the same mask. Magnitude pruning is
+this selection over |w|; pruning at initialisation uses it over SNIP, GraSP, SynFlow... scores.
+BatchNorm parameters and biases are never candidates.
 """
 import hashlib
 
@@ -23,19 +25,44 @@ def _check_sparsity(sparsity):
         raise UserError(f"sparsity must be a fraction in [0, 1] (0.9 = 90% removed), got {sparsity}")
 
 
-def _rank_mask(scores, k):
-    """0/1 mask zeroing the k lowest scores; stable sort breaks ties by position."""
+def _rank_mask(scores, k, prune_highest=False):
+    """0/1 mask zeroing the k lowest (or highest) scores; the stable sort breaks ties by
+    position, the earlier entry pruned first either way."""
     keep = torch.ones_like(scores)
-    keep[torch.argsort(scores, stable=True)[:k]] = 0
+    keep[torch.argsort(scores, descending=prune_highest, stable=True)[:k]] = 0
     return keep
+
+
+def global_count_mask(scores, zeros, prune_highest=False):
+    """Exact global selection over any scores (name -> tensor): exactly `zeros` entries pruned,
+    the lowest scores (or the highest) across all layers at once, ties by position."""
+    flat = torch.cat([s.detach().double().cpu().flatten() for s in scores.values()])
+    if not 0 <= zeros <= flat.numel():
+        raise ValueError(f"cannot prune {zeros} of {flat.numel()} entries")
+    if torch.isnan(flat).any():
+        raise UserError("pruning scores contain NaN (the scoring pass diverged); check the "
+                        "initialisation and the score batch")
+    keep = _rank_mask(flat, zeros, prune_highest)
+    out, start = {}, 0
+    for n, s in scores.items():
+        out[n] = keep[start:start + s.numel()].view(s.shape).float()
+        start += s.numel()
+    return out
+
+
+def global_score_mask(scores, sparsity, prune_highest=False):
+    """`global_count_mask` pruning round(sparsity · N) of the N scored entries."""
+    _check_sparsity(sparsity)
+    return global_count_mask(scores, num_to_prune(sparsity, sum(s.numel() for s in scores.values())),
+                             prune_highest)
 
 
 def _magnitude_scores(weights, mask):
     """|w| in float64, with already-pruned entries forced to -1 so they stay pruned first."""
-    scores = {n: w.detach().abs().double().cpu().flatten() for n, w in weights.items()}
+    scores = {n: w.detach().abs().double().cpu() for n, w in weights.items()}
     if mask is not None:
         for n in scores:
-            scores[n][mask[n].cpu().flatten() == 0] = -1.0
+            scores[n][mask[n].cpu().reshape(scores[n].shape) == 0] = -1.0
     return scores
 
 
@@ -57,16 +84,11 @@ def global_magnitude_mask(weights, sparsity, mask=None):
     """
     _check_sparsity(sparsity)
     scores = _magnitude_scores(weights, mask)
-    flat = torch.cat(list(scores.values()))
-    k = num_to_prune(sparsity, flat.numel())
+    n_total = sum(s.numel() for s in scores.values())
+    k = num_to_prune(sparsity, n_total)
     if mask is not None:
-        _check_only_removes_more(mask, list(weights), k, flat.numel())
-    keep = _rank_mask(flat, k)
-    out, start = {}, 0
-    for n, w in weights.items():
-        out[n] = keep[start:start + w.numel()].view(w.shape).float()
-        start += w.numel()
-    return out
+        _check_only_removes_more(mask, list(weights), k, n_total)
+    return global_count_mask(scores, k)
 
 
 def layerwise_magnitude_mask(weights, sparsity, mask=None):
@@ -78,11 +100,11 @@ def layerwise_magnitude_mask(weights, sparsity, mask=None):
         k = num_to_prune(sparsity, w.numel())
         if mask is not None:
             _check_only_removes_more(mask, [n], k, w.numel())
-        out[n] = _rank_mask(scores[n], k).view(w.shape).float()
+        out[n] = _rank_mask(scores[n].flatten(), k).view(w.shape).float()
     return out
 
 
-def magnitude_mask(weights, sparsity, scope="global", mask=None):
+def magnitude_mask_at_sparsity(weights, sparsity, scope="global", mask=None):
     """Magnitude pruning of `weights` at `sparsity`, over all layers at once or layer by layer."""
     if scope == "global":
         return global_magnitude_mask(weights, sparsity, mask)
@@ -99,15 +121,6 @@ def random_mask_like(mask, generator):
         keep = torch.ones(m.numel())
         keep[torch.randperm(m.numel(), generator=generator)[:zeros]] = 0
         out[n] = keep.view(m.shape)
-    return out
-
-
-def combine(*masks):
-    """Elementwise product: an entry is kept only where every mask keeps it."""
-    out = {n: m.clone().float() for n, m in masks[0].items()}
-    for other in masks[1:]:
-        for n in out:
-            out[n] = out[n] * other[n].to(out[n].device)
     return out
 
 

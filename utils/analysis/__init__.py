@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.analysis import earlycrop  # noqa: E402
+from utils.analysis import prune_at_init  # noqa: E402
 from utils.analysis import early_bird, lottery, magnitude, papers, robustness, setup
 from utils.document import Doc
 from utils.plots.common import Results
@@ -21,6 +22,7 @@ SECTIONS = [
     lottery.section,
     early_bird.section,
     robustness.section,
+    prune_at_init.section,
     earlycrop.section,
 ]
 

@@ -8,6 +8,7 @@ command)`. A new task adds `utils/plots/<task>.py` and one line below.
 from utils.plots.common import (FigureSpec, Results, arch_label, build_figure, col, pct, read_csv,  # noqa: I001
                                 read_matrix, save_figure)
 from utils.plots import earlycrop  # noqa: E402
+from utils.plots import prune_at_init  # noqa: E402
 from utils.plots import dense, early_bird, lottery, magnitude, overview, robustness  # noqa: E402
 
 __all__ = ["FIGURES", "FigureSpec", "Results", "arch_label", "build_figure", "col", "pct", "read_csv",
@@ -20,5 +21,6 @@ FIGURES = [
     *overview.FIGURES,
     *early_bird.FIGURES,
     *robustness.FIGURES,
+    *prune_at_init.FIGURES,
     *earlycrop.FIGURES,
 ]

@@ -1,0 +1,269 @@
+"""Pruning at initialisation (Frankle et al. 2021): the five scores, SynFlow's iterative schedule,
+the three ablations, the score batch and one subnetwork's run.
+
+Every score is a dict parameter name -> tensor over `models.prunable_weights` (Conv2d and Linear
+weights, shortcuts and classifier included), computed on a copy of the initialised network so
+the init (its BatchNorm buffers included) is never touched, in fp32 (SynFlow: fp64) without
+autocast. Masks come from `utils.pruning.global_score_mask`: exactly round(s·N) weights pruned,
+ties by position, the lowest scores, or the highest for GraSP (Wang et al.'s convention) and
+for the `invert` ablation of the others.
+"""
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from data import CLASSES, to_pixels
+from models import get_model, model_from_checkpoint, prunable_weights
+from models.resnet import Normalize
+from utils.errors import UserError
+from utils.experiment import pct_name
+from utils.io import load_csv, save_csv, save_json
+from utils.lottery import reinitialised, write_mask
+from utils.pruning import apply_mask, global_count_mask, global_score_mask, num_to_prune, sparsity_report
+from utils.train import checkpoint, cpu_generator, seeded, train_run
+
+METHODS = ("random", "magnitude", "snip", "grasp", "synflow")
+ABLATIONS = ("original", "shuffle", "reinit", "invert")
+PRUNE_HIGHEST = {"grasp"}  # GraSP removes the weights whose removal reduces gradient flow least
+GRASP_TEMPERATURE = 200  # logits ÷ 200 before the loss, as Wang et al. and OpenLTH
+DENSE_METHOD = "none"  # the one shared sparsity-0 run
+SUMMARY_COLUMNS = ["method", "ablation", "sparsity", "start_acc", "final_acc", "zeros", "prunable",
+                   "epochs", "score_seconds"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The score batch: `per_class` unaugmented training images of every class, a seeded draw.
+
+def draw_score_batch(train, per_class, seed):
+    """{indices (into `train`), images (uint8, CPU), labels}: `per_class` images per class."""
+    labels = train.labels.cpu()
+    generator = cpu_generator(seed, "score_batch")
+    chosen = []
+    for c, name in enumerate(CLASSES):
+        where = torch.nonzero(labels == c).flatten()
+        if len(where) < per_class:
+            raise UserError(f"class {c} ({name}) has {len(where)} training images, fewer than "
+                            f"--score-per-class {per_class}; lower --score-per-class or raise "
+                            "--train-subset")
+        chosen.append(where[torch.randperm(len(where), generator=generator)[:per_class]])
+    indices = torch.cat(chosen)
+    return {"indices": indices, "images": train.images[indices.to(train.device)].cpu().clone(),
+            "labels": labels[indices].clone()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The five scores.
+
+def _scoring_copy(model, dtype=torch.float32):
+    """A private copy to score with: the caller's model and its BatchNorm buffers stay as they are."""
+    net = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.contiguous_format)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net
+
+
+def random_scores(weights, seed):
+    """U(0, 1) per weight from its own seed stream (the global random baseline)."""
+    generator = cpu_generator(seed, "random_scores")
+    return {n: torch.rand(w.shape, generator=generator, dtype=torch.float64) for n, w in weights.items()}
+
+
+def magnitude_scores(weights):
+    return {n: w.detach().abs().cpu() for n, w in weights.items()}
+
+
+def _batch(model, batch):
+    device = next(model.parameters()).device
+    return to_pixels(batch["images"].to(device)), batch["labels"].to(device)
+
+
+def snip_scores(model, batch):
+    """|w ⊙ ∂L/∂w|, L = mean cross-entropy on the score batch, train mode (batch statistics)."""
+    net = _scoring_copy(model).train()
+    weights = prunable_weights(net)
+    x, y = _batch(net, batch)
+    loss = F.cross_entropy(net(x), y)
+    grads = torch.autograd.grad(loss, list(weights.values()))
+    return {n: (w * g).abs().detach().cpu() for (n, w), g in zip(weights.items(), grads)}
+
+
+def grasp_scores(model, batch, temperature=GRASP_TEMPERATURE):
+    """−w ⊙ Hg: g = ∂L/∂w (detached), Hg = ∂(gᵀ ∂L/∂w)/∂w by double backprop, L the mean
+    cross-entropy of logits ÷ `temperature` on the whole score batch in one pass, train mode."""
+    net = _scoring_copy(model).train()
+    weights = prunable_weights(net)
+    params = list(weights.values())
+    x, y = _batch(net, batch)
+    loss = F.cross_entropy(net(x) / temperature, y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    g_dot_grad = sum((g.detach() * h).sum() for g, h in zip(grads, grads))
+    hg = torch.autograd.grad(g_dot_grad, params)
+    return {n: (-w * h).detach().cpu() for (n, w), h in zip(weights.items(), hg)}
+
+
+class SynFlowNet:
+    """The init linearised for SynFlow: a float64 copy, every parameter replaced by |·|, eval
+    mode, the input normalisation set to the identity. `scores(mask)` re-scores the masked net:
+    |w ⊙ ∂R/∂w|, R = Σ logits on an all-ones (1, 3, 32, 32) input. Reads no data."""
+
+    def __init__(self, model):
+        self.net = _scoring_copy(model, torch.float64).eval()
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.abs_()
+            for m in self.net.modules():
+                if isinstance(m, Normalize):
+                    m.mean.zero_()
+                    m.std.fill_(1.0)
+        self.weights = prunable_weights(self.net)
+        self.abs_weights = {n: w.detach().clone() for n, w in self.weights.items()}
+
+    def scores(self, mask=None):
+        with torch.no_grad():
+            for n, w in self.weights.items():
+                w.copy_(self.abs_weights[n] if mask is None else self.abs_weights[n] * mask[n].to(w))
+        device = next(self.net.parameters()).device
+        total = self.net(torch.ones(1, 3, 32, 32, dtype=torch.float64, device=device)).sum()
+        grads = torch.autograd.grad(total, list(self.weights.values()))
+        return {n: (w * g).abs().detach().cpu() for (n, w), g in zip(self.weights.items(), grads)}
+
+
+def synflow_survivors(n, sparsity, iterations):
+    """Weights alive after each of the K rounds: round(N·(1−s)^(k/K)), the last round exactly
+    N − round(s·N) (so the count matches every other mask), never more than the round before."""
+    if iterations < 1:
+        raise UserError(f"--synflow-iterations must be >= 1, got {iterations}")
+    out = []
+    for k in range(1, iterations + 1):
+        alive = n - num_to_prune(sparsity, n) if k == iterations else round(n * (1 - sparsity) ** (k / iterations))
+        out.append(min(alive, out[-1]) if out else alive)
+    return out
+
+
+def synflow_mask(model, sparsity, iterations, invert=False):
+    """(mask, last round's scores): K rounds, each re-scoring the masked net and keeping the
+    scheduled survivors. Pruned weights stay pruned in every round; inverted, each round prunes
+    the highest-scoring survivors instead of the lowest."""
+    flow = SynFlowNet(model)
+    n = sum(w.numel() for w in flow.weights.values())
+    mask, scores = None, None
+    for alive in synflow_survivors(n, sparsity, iterations):
+        scores = flow.scores(mask)
+        ranked = {k: v.clone() for k, v in scores.items()}
+        if mask is not None:  # already pruned: first in line again, whichever end is pruned
+            for k in ranked:
+                ranked[k][mask[k] == 0] = float("inf") if invert else float("-inf")
+        mask = global_count_mask(ranked, n - alive, prune_highest=invert)
+    return mask, scores
+
+
+def one_shot_scores(method, model, batch, seed):
+    """Scores of a one-shot method on the init `model` (SynFlow is iterative: `synflow_mask`)."""
+    weights = prunable_weights(model)
+    if method == "random":
+        return random_scores(weights, seed)
+    if method == "magnitude":
+        return magnitude_scores(weights)
+    if method == "snip":
+        return snip_scores(model, batch)
+    if method == "grasp":
+        return grasp_scores(model, batch)
+    raise ValueError(f"no one-shot score for {method!r}")
+
+
+def one_shot_mask(method, scores, sparsity, invert=False):
+    """The exact global selection of `scores`: the method's end, or the other end when inverted."""
+    return global_score_mask(scores, sparsity, prune_highest=(method in PRUNE_HIGHEST) != invert)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablations.
+
+def shuffled(mask, generator):
+    """Each layer's mask randomly permuted within the layer: the same per-layer zero counts."""
+    return {n: m.flatten()[torch.randperm(m.numel(), generator=generator)].view(m.shape).clone()
+            for n, m in mask.items()}
+
+
+def shuffle_generator(seed, method, sparsity):
+    return cpu_generator(seed, f"shuffle:{method}:{pct_name(sparsity, 'sparsity')}")
+
+
+def fresh_init_checkpoint(arch, seed):
+    """`train_dense.py`'s initialisation of `arch` (the same seed stream, shortcut B): with
+    resnet20 and the same seed, bit for bit the dense run's init.pt."""
+    model = seeded(lambda: get_model(arch), seed)
+    return checkpoint(model, arch, 0, {"shortcut": "B"})
+
+
+def check_init_checkpoint(ckpt, path):
+    if int(ckpt.get("epoch", -1)) != 0 or ckpt.get("mask") is not None:
+        what = f"epoch {ckpt.get('epoch')}" if ckpt.get("mask") is None else "masked"
+        raise UserError(f"--init {path} is not an initialisation ({what}); pass an unmasked epoch-0 "
+                        "checkpoint such as checkpoints/dense/init.pt (python train_dense.py), or --arch")
+
+
+def keep_all_mask(model):
+    """The sparsity-0 mask: every prunable weight kept."""
+    return {n: torch.ones(w.shape) for n, w in prunable_weights(model).items()}
+
+
+def start_model(init_ckpt, mask, ablation, seed, device):
+    """The subnetwork to train: init × mask, or for `reinit` a fresh init (own stream) × mask."""
+    if ablation == "reinit":
+        return reinitialised(init_ckpt, mask, seed, device)
+    return apply_mask(model_from_checkpoint(init_ckpt, device), mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# One subnetwork's run and the summary table.
+
+def run_folder(run_name, method, ablation, sparsity):
+    return Path(run_name) / method / ablation / pct_name(sparsity, "sparsity")
+
+
+def run_config(config, method, ablation, sparsity):
+    return dict(config, method=method, ablation=ablation, sparsity=sparsity)
+
+
+def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model, arch, config,
+                     score_seconds, checkpoint_extra=None):
+    """Train one masked subnetwork in its folders; return its summary.csv row.
+
+    checkpoints/<run>/<method>/<ablation>/sparsity_<s>/{mask.pt,start.pt,final.pt},
+    results/<run>/…/{trajectory.csv,summary.json,sparsity_report.json}. A finished run is
+    skipped, an interrupted one resumes (train_run); a stale mask.pt is refused (write_mask).
+    """
+    folder = run_folder(run_name, method, ablation, sparsity)
+    ckpt_dir, results_dir = setup.checkpoint_dir / folder, setup.results_dir / folder
+    write_mask(ckpt_dir / "mask.pt", mask, setup.run.force)
+    epochs = setup.hp.epochs
+    summary = train_run(
+        model, setup.train, setup.test, setup.hp, arch=arch,
+        config=run_config(config, method, ablation, sparsity), ckpt_dir=ckpt_dir,
+        results_dir=results_dir, seed=setup.run.seed, force=setup.run.force,
+        save_as=[(0, "start.pt"), (epochs, "final.pt")], mask=mask, checkpoint_extra=checkpoint_extra,
+        desc=f"{method} {ablation} {100 * sparsity:g}%", **setup.train_kwargs())
+    report = sparsity_report(mask)
+    save_json(report, results_dir / "sparsity_report.json")
+    return {"method": method, "ablation": ablation, "sparsity": sparsity,
+            "start_acc": summary["start_test_acc"], "final_acc": summary["test_acc"],
+            "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"],
+            "epochs": summary["epochs"], "score_seconds": score_seconds}
+
+
+def write_summary(rows, path):
+    """summary.csv; rows of (method, ablation, sparsity) not run this time are kept from the old file."""
+    path = Path(path)
+    key = lambda r: (r["method"], r["ablation"], float(r["sparsity"]))  # noqa: E731
+    ran = {key(r) for r in rows}
+    kept = [r for r in load_csv(path) if key(r) not in ran] if path.is_file() else []
+    methods = {m: i for i, m in enumerate((DENSE_METHOD,) + METHODS)}
+    ablations = {a: i for i, a in enumerate(ABLATIONS)}
+    merged = sorted(kept + rows, key=lambda r: (methods.get(r["method"], len(methods)),
+                                                ablations.get(r["ablation"], len(ablations)),
+                                                float(r["sparsity"])))
+    save_csv(merged, path, SUMMARY_COLUMNS)
+    return merged
