@@ -209,7 +209,7 @@ def finished_summary(results_dir, config, force=False):
 def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, seed=0,
               force=False, save_as=(), mask=None, bn_l1=0.0, checkpoint_extra=None,
               weight_distance_ref=None, bn_history=False, perturb=None, extra_metrics=None,
-              desc="train"):
+              stream="", desc="train"):
     """Train `model` with the recipe `hp` (a TrainConfig) and log everything; return the summary.
 
     save_as: (epoch, filename) pairs, e.g. (0, "init.pt"), (160, "epoch_160.pt").
@@ -220,6 +220,9 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     perturb: callable(model, x, y) -> x used on every training batch (adversarial training);
       its state_dict()/load_state_dict(), if any, are saved for resume.
     extra_metrics: callable(model) -> dict of extra trajectory columns, once per row.
+    stream: prefix of the data-order and augmentation generator streams: "" -> "order" and
+      "augment"; "copy1" -> "copy1/order" and "copy1/augment" (copies of one start that differ
+      only in the order and the crops they see).
     """
     ckpt_dir, results_dir = Path(ckpt_dir), Path(results_dir)
     done = finished_summary(results_dir, config, force)
@@ -239,7 +242,8 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     for epoch, name in save_as:
         names.setdefault(epoch, []).append(name)
     extra = dict(checkpoint_extra or {}, mask=mask)
-    order_gen, aug_gen = cpu_generator(seed, "order"), cpu_generator(seed, "augment")
+    prefix = f"{stream}/" if stream else ""
+    order_gen, aug_gen = cpu_generator(seed, prefix + "order"), cpu_generator(seed, prefix + "augment")
 
     def row_metrics(epoch, lr, seconds_start, train_metrics=None):
         if train_metrics is None:  # epoch 0: the starting weights on the un-augmented train set
