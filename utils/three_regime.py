@@ -75,11 +75,16 @@ def check_grid(temperatures, densities, copies, lmc_points):
 def batch_schedule(dense_epochs, batch_size):
     """(epochs, milestones) of the dense net trained at `batch_size`: as many optimizer steps as
     the dense run (round(E·B/128) epochs), the learning rate ×0.1 at 50% and 75% of them."""
-    epochs = int(round(dense_epochs * batch_size / REFERENCE_BATCH))
+    epochs = half_up(dense_epochs * batch_size / REFERENCE_BATCH)
     if epochs < 1:
         raise UserError(f"batch size {batch_size} gives round({dense_epochs}·{batch_size}/{REFERENCE_BATCH}) "
                         "= 0 epochs; use a larger batch size or a longer dense run")
-    return epochs, (int(round(0.5 * epochs)), int(round(0.75 * epochs)))
+    return epochs, (half_up(0.5 * epochs), half_up(0.75 * epochs))
+
+
+def half_up(x):
+    """Round half up (Python's round() rounds 2.5 to 2)."""
+    return int(math.floor(x + 0.5))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,8 +361,9 @@ def check_epoch_checkpoints(dense_run, temperatures, dense_epochs, hint):
     """Every epoch_EEE.pt the epochs axis needs, checked before any work starts."""
     late = [t for t in temperatures if t > dense_epochs]
     if late:
-        raise UserError(f"--temperatures {late} lie beyond the dense run's {dense_epochs} epochs; "
-                        f"pick epochs it saved, or train a longer one: {hint}")
+        keep = " ".join(map(str, sorted(set(temperatures))))
+        raise UserError(f"--temperatures {late} lie beyond the dense run's {dense_epochs} epochs; pick epochs "
+                        f"it saved, or train a longer one: {hint} --epochs {max(late)} --save-epochs {keep} --force")
     missing = [t for t in temperatures if not (Path(dense_run) / f"epoch_{t:03d}.pt").is_file()]
     if missing:
         keep = " ".join(map(str, sorted(set(temperatures) | {dense_epochs})))
