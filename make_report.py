@@ -9,9 +9,28 @@ computed from the results when the report is made; a missing part is noted, not 
 """
 from pathlib import Path
 
+import utils.report
+from utils.analysis_three_regime import section as three_regime_section
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
+from utils.plots import FIGURES
+from utils.plots_three_regime import FIGURES as THREE_REGIME_FIGURES
 from utils.report import write_code_zip, write_report
+
+# Task modules' figures and report sections, after the core report (until the report has a
+# registry of sections): the figures where write_pdf looks them up, the section at the end.
+FIGURES.extend(THREE_REGIME_FIGURES)
+_core_build_doc = utils.report.build_doc
+
+
+def build_doc(res, papers_path):
+    doc = _core_build_doc(res, papers_path)
+    doc.page_break()
+    three_regime_section(doc, res)
+    return doc
+
+
+utils.report.build_doc = build_doc
 
 REPO = Path(__file__).resolve().parent
 

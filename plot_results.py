@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
 from utils.plots import FIGURES, Results, build_figure, save_figure
+from utils.plots_three_regime import FIGURES as THREE_REGIME_FIGURES
+
+FIGURES = FIGURES + THREE_REGIME_FIGURES  # task modules' figures after the core ones
 
 
 def parse_args(argv):
