@@ -23,10 +23,10 @@ from utils.errors import UserError, cli_main
 REPO = Path(__file__).resolve().parent
 # (step, the folder under results/ whose summary.json files are its runs)
 STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_imp", "lottery"),
-         ("early_bird", "early_bird"), ("robustness", "robustness"), ("plot_results", None),
+         ("early_bird", "early_bird"), ("three_regime", "three_regime"), ("robustness", "robustness"), ("plot_results", None),
          ("make_report", None)]
 # Steps that only need the dense run, so --jobs may run them side by side.
-PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird"}
+PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird", "three_regime"}
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
 
 
@@ -36,7 +36,7 @@ def preset_flags(preset, checkpoint_dir):
     dense_dir = Path(checkpoint_dir) / "dense"
     if preset == "full":  # the assignment as written: every script's defaults
         dense, last, tickets = [], 160, None
-        mag = lot = eb = rob = []
+        mag = lot = eb = rob = tr = []
         subsets = []
     elif preset == "quick":  # every schedule at 1/5: 32 dense epochs, tickets at 2 6 10 20
         last, tickets = 32, [2, 6, 10, 20]
@@ -46,6 +46,7 @@ def preset_flags(preset, checkpoint_dir):
         lot = retrain + ["--imp-rate", 0.5]  # 4 IMP rounds (50, 70, 85, 90%) instead of 11
         eb = retrain
         rob = retrain + ["--eval-subset", 1000, "--monitor-subset", 500, "--train-steps", 3]
+        tr = ["--temperatures", *tickets, last, "--epochs", 32, "--milestones", 16, 24]
         subsets = []
     elif preset == "smoke":  # tiny real subsets, 1 epoch per retraining: minutes on 2 CPU cores
         last, tickets = 4, [1, 2, 3, 4]
@@ -56,6 +57,7 @@ def preset_flags(preset, checkpoint_dir):
         # window 2, so the detector can fire within 4 dense epochs
         eb = retrain + ["--eb-window", 2, "--speed-batch", 8, "--speed-repeats", 1]
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
+        tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1]
         subsets = ["--train-subset", 64, "--test-subset", 64]
     else:
         raise UserError(f"unknown --preset {preset!r}; choose full, quick or smoke")
@@ -65,6 +67,7 @@ def preset_flags(preset, checkpoint_dir):
         "prune_magnitude": mag + ["--from", dense_dir / f"epoch_{last:03d}.pt"],
         "lottery_imp": lot + ["--from", dense_dir / f"epoch_{last:03d}.pt", "--rewind", dense_dir / "init.pt"],
         "early_bird": eb + ticket_flags + ["--dense-run", dense_dir],
+        "three_regime": tr + ["--dense-run", dense_dir],
         "robustness": rob,
     }
     return {step: [str(a) for a in f] for step, f in flags.items()}, [str(a) for a in subsets]

@@ -11,7 +11,8 @@ from conftest import TINY_DATA, assert_user_error, run_script
 from test_plots_report import md_table
 from utils.io import load_csv
 
-STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "robustness", "plot_results", "make_report"]
+STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "three_regime", "robustness", "plot_results",
+         "make_report"]
 
 
 def dry_run(*args):
@@ -48,7 +49,7 @@ def test_presets_are_consistent_with_the_dense_run(tmp_path):
         assert flag(cmds["lottery_imp"], "--from") == [str(ck / "dense" / f"epoch_{last:03d}.pt")]
         assert flag(cmds["lottery_imp"], "--rewind") == [str(ck / "dense" / "init.pt")]
         assert flag(cmds["early_bird"], "--dense-run") == [str(ck / "dense")]
-        for step in STEPS[:5]:  # the common flags reach every training script
+        for step in STEPS[:6]:  # the common flags reach every training script
             assert flag(cmds[step], "--checkpoint-dir") == [str(ck)]
             assert flag(cmds[step], "--results-dir") == [str(tmp_path / "r")]
         assert flag(cmds["plot_results"], "--results-dir") == [str(tmp_path / "r")]
@@ -58,7 +59,7 @@ def test_presets_are_consistent_with_the_dense_run(tmp_path):
     assert flag(cmds["lottery_imp"], "--from") == ["checkpoints/dense/epoch_160.pt"]
     # the user's flags win over the preset's and are passed on
     cmds = dry_run("--preset", "smoke", "--train-subset", 100, "--seed", 3, "--force", "--device", "cpu")
-    for step in STEPS[:5]:
+    for step in STEPS[:6]:
         assert flag(cmds[step], "--train-subset") == ["100"] and flag(cmds[step], "--test-subset") == ["64"]
         assert flag(cmds[step], "--seed") == ["3"] and "--force" in cmds[step]
     assert "--force" not in cmds["plot_results"] and "--force" not in cmds["make_report"]
@@ -113,10 +114,12 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     assert set(progress) == set(STEPS)  # one line per step; Tasks 2-4 may finish in any order
     assert progress["train_dense"] == (1, 0) and progress["prune_magnitude"] == (3, 0)
     assert progress["early_bird"] == (8, 0) and progress["lottery_imp"][0] >= 6
+    assert progress["three_regime"] == (8, 0)  # 2 temperatures x 2 densities x 2 copies
 
     # every results file of the contract
     for f in ["dense/trajectory.csv", "dense/summary.json", "magnitude/summary.csv", "lottery/summary.csv",
               "early_bird/summary.csv", "early_bird/detection.json", "robustness/summary.csv",
+              "three_regime/epochs/summary.csv", "three_regime/epochs/regimes.json",
               "report.pdf", "report.md", "code.zip"]:
         assert (res / f).is_file(), f
     for s in ("50", "70", "90"):
@@ -132,7 +135,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     assert set(det["ratios"]) == {"0.3", "0.5"} and det["window"] == 2
     for name in ("dense_trajectory", "magnitude_trajectories", "lottery_oneshot_trajectories",
                  "lottery_imp_trajectories", "early_bird_trajectories", "accuracy_vs_sparsity",
-                 "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness"):
+                 "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness", "three_regime_epochs"):
         assert (plots / f"{name}.png").is_file() and (plots / f"{name}.pdf").is_file(), name
 
     # the report carries exactly the summaries' numbers
@@ -153,7 +156,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     second = run_script("run_all.py", *args, "--jobs", 2, timeout=300)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    for step in STEPS[:4]:
+    for step in STEPS[:5]:  # the training steps before robustness
         assert progress[step][0] == 0, (step, progress[step])
     assert _stamps(res) == stamps and _files(res, ck) == files
     # only start-up, skip checks, plots and report (a wall-clock bound: CPU load from other
@@ -165,7 +168,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     third = run_script("run_all.py", *args, "--skip", "robustness", "plot_results", "make_report", timeout=300)
     progress = _progress(third.stdout)
     assert progress["prune_magnitude"] == (1, 2)
-    assert all(progress[s][0] == 0 for s in ("train_dense", "lottery_imp", "early_bird"))
+    assert all(progress[s][0] == 0 for s in ("train_dense", "lottery_imp", "early_bird", "three_regime"))
     after = _stamps(res)
     changed = {p for p in after if stamps.get(p) != after[p]}
     assert changed == {res / "magnitude" / "sparsity_70" / "summary.json"}
