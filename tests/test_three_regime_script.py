@@ -124,3 +124,25 @@ def test_bad_input_is_one_line(tiny_dense, tmp_path):
     proc = run_script("three_regime.py", *base, "--temperatures", 10, check=False)
     assert_user_error(proc, "beyond", "--save-epochs 10")
     assert not (tmp_path / "res").exists()  # nothing written before the checks
+
+
+def test_batch_size_axis_trains_its_dense_net_from_init(tiny_dense, tmp_path):
+    ck, res = tmp_path / "ck", tmp_path / "res"
+    run_script("three_regime.py", *TINY_DATA, "--axis", "batch-size", "--temperatures", 64, "--densities", 0.5,
+               "--copies", 2, "--train-subset", 128, "--test-subset", 256, "--epochs", 1, "--milestones",
+               "--lmc-points", 3, "--cka-images", 50, "--dense-run", tiny_dense["run"],
+               "--checkpoint-dir", ck, "--results-dir", res)
+    root = res / "three_regime" / "batch-size"
+    dense = load_json(root / "batch_064" / "summary.json")
+    # the tiny dense run has 3 epochs at batch 128: batch 64 takes round(3 * 64 / 128) = 2 epochs
+    # (1.5 rounded half up), lr 0.1, x0.1 at 50% and 75% of them
+    cfg = dense["config"]
+    assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["milestones"]) == (2, 64, 0.1, [1, 2])
+    traj = load_csv(root / "batch_064" / "trajectory.csv")
+    dense_traj = load_csv(tiny_dense["results"] / "dense" / "trajectory.csv")
+    assert len(traj) == 3 and traj[0]["test_acc"] == dense_traj[0]["test_acc"]  # starts from init.pt
+    assert (ck / "three_regime" / "batch-size" / "batch_064" / "dense.pt").is_file()
+    rows = load_csv(root / "summary.csv")
+    assert len(rows) == 1 and rows[0]["axis"] == "batch-size" and rows[0]["temperature"] == "64"
+    assert float(rows[0]["dense_acc"]) == pytest.approx(dense["test_acc"], abs=1e-3)
+    assert len(load_csv(root / "batch_064" / "density_50" / "lmc_1_2.csv")) == 3
