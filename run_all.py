@@ -7,8 +7,8 @@
 Each step runs the real entry script as a subprocess with the preset's flags; finished runs are
 skipped and interrupted ones resume (the scripts do that themselves), so running the same
 command again only does what is missing. Every step's output goes to <results-dir>/logs/<step>.log
-and one progress line per step is printed. `--jobs N` runs Tasks 2, 3 and 4 (independent once the
-dense run exists) in N processes at once. A failing step stops the pipeline with its exit code.
+and one progress line per step is printed. `--jobs N` runs Tasks 2, 3 and 4 and three_regime
+(independent once the dense run exists) in N processes at once. A failing step stops the pipeline with its exit code.
 """
 import os
 import shlex

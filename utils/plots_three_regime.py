@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.plots import FigureSpec, Results, pct, read_csv  # noqa: E402,F401
+from utils.plots import FigureSpec, pct  # noqa: E402
 from utils.three_regime import AXES, REGIMES  # noqa: E402
 
 AXIS_LABELS = {"epochs": "dense training epochs (fewer = hotter)",

@@ -28,7 +28,7 @@ from models import prunable_weights
 from utils.config import TrainConfig
 from utils.errors import UserError
 from utils.io import load_json, save_csv, save_json
-from utils.pruning import layerwise_magnitude_mask, num_to_prune, weights_fingerprint
+from utils.pruning import layerwise_magnitude_mask, weights_fingerprint
 
 AXES = ("epochs", "batch-size")
 GRIDS = {  # axis -> grid -> (temperatures, densities, copies)
@@ -100,10 +100,6 @@ def conv_density_mask(weights, density):
     """Exactly round((1−d)·n) zeros in each conv layer of n weights, the smallest |w| first,
     ties broken by position (`utils.pruning.layerwise_magnitude_mask`)."""
     return layerwise_magnitude_mask(weights, 1.0 - density)
-
-
-def expected_zeros(n, density):
-    return num_to_prune(1.0 - density, n)
 
 
 # ---------------------------------------------------------------------------------------------
