@@ -17,6 +17,7 @@ regimes.json}; see docs/three_regime.md.
 import itertools
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from models import get_model, model_from_checkpoint, read_checkpoint
@@ -93,7 +94,8 @@ def main(argv=None):
     arch, shortcut = init_ckpt["arch"], dense_config.get("shortcut", "B")
     ckpt_root = setup.checkpoint_dir / "three_regime" / args.axis
     res_root = setup.results_dir / "three_regime" / args.axis
-    scratch = get_model(arch, shortcut=shortcut).to(device)  # the network the path is evaluated in
+    # the network the path is evaluated in (channels_last, the layout the data and training use)
+    scratch = get_model(arch, shortcut=shortcut).to(device, memory_format=torch.channels_last)
     n_cells = len(temperatures) * len(densities)
     print(f"three_regime ({args.axis}): {len(temperatures)} temperatures x {len(densities)} densities x "
           f"{copies} copies = {n_cells * copies} retrainings of {hp.epochs} epochs")
