@@ -11,8 +11,8 @@ from conftest import TINY_DATA, assert_user_error, run_script
 from test_plots_report import md_table
 from utils.io import load_csv
 
-STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "prune_at_init", "earlycrop", "robustness",
-         "plot_results", "make_report"]
+STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init", "earlycrop",
+         "robustness", "plot_results", "make_report"]
 
 
 def dry_run(*args):
@@ -115,12 +115,14 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     assert progress["train_dense"] == (1, 0) and progress["prune_magnitude"] == (4, 0)  # sparsity 0 (fine-tuned dense) + 50 70 90
     assert progress["early_bird"] == (8, 0) and progress["lottery_imp"][0] >= 6
     assert progress["earlycrop"] == (5, 0)  # crop_u, crop_s, earlycrop_u, earlycrop_s, random_s at 90%
+    assert progress["three_regime"] == (8, 0)  # 2 temperatures x 2 densities x 2 copies
     assert progress["prune_at_init"] == (18, 0)  # sparsity 0 + 0.9 x (random + 4 methods x 4 ablations)
 
     # every results file of the contract
     for f in ["dense/trajectory.csv", "dense/summary.json", "magnitude/summary.csv", "lottery/summary.csv",
               "early_bird/summary.csv", "early_bird/detection.json", "earlycrop/summary.csv",
               "earlycrop/detection.json", "robustness/summary.csv", "prune_at_init/summary.csv",
+              "three_regime/epochs/summary.csv", "three_regime/epochs/regimes.json",
               "report.pdf", "report.md", "code.zip"]:
         assert (res / f).is_file(), f
     for s in ("50", "70", "90"):
@@ -137,7 +139,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     for name in ("dense_trajectory", "magnitude_trajectories", "lottery_oneshot_trajectories",
                  "lottery_imp_trajectories", "early_bird_trajectories", "accuracy_vs_sparsity",
                  "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness",
-                 "prune_at_init_ablations", "prune_at_init_layer_density"):
+                 "prune_at_init_ablations", "prune_at_init_layer_density", "three_regime_epochs"):
         assert (plots / f"{name}.png").is_file() and (plots / f"{name}.pdf").is_file(), name
 
     # the report carries exactly the summaries' numbers
@@ -158,7 +160,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     second = run_script("run_all.py", *args, "--jobs", 2, timeout=300)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    for step in STEPS[:5]:
+    for step in STEPS[:STEPS.index("robustness")]:  # the training steps before robustness
         assert progress[step][0] == 0, (step, progress[step])
     assert _stamps(res) == stamps and _files(res, ck) == files
     # only start-up, skip checks, plots and report (a wall-clock bound: CPU load from other
@@ -170,7 +172,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     third = run_script("run_all.py", *args, "--skip", "robustness", "plot_results", "make_report", timeout=300)
     progress = _progress(third.stdout)
     assert progress["prune_magnitude"] == (1, 3)
-    assert all(progress[s][0] == 0 for s in ("train_dense", "lottery_imp", "early_bird", "prune_at_init", "earlycrop"))
+    assert all(progress[s][0] == 0 for s in ("train_dense", "lottery_imp", "early_bird", "three_regime", "prune_at_init",
+                                                "earlycrop"))
     after = _stamps(res)
     changed = {p for p in after if stamps.get(p) != after[p]}
     assert changed == {res / "magnitude" / "sparsity_70" / "summary.json"}

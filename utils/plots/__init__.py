@@ -9,6 +9,7 @@ from utils.plots.common import (FigureSpec, Results, arch_label, build_figure, c
                                 read_matrix, save_figure)
 from utils.plots import earlycrop  # noqa: E402
 from utils.plots import prune_at_init  # noqa: E402
+from utils.plots import three_regime  # noqa: E402
 from utils.plots import dense, early_bird, lottery, magnitude, overview, robustness  # noqa: E402
 
 __all__ = ["FIGURES", "FigureSpec", "Results", "arch_label", "build_figure", "col", "pct", "read_csv",
@@ -23,4 +24,5 @@ FIGURES = [
     *robustness.FIGURES,
     *prune_at_init.FIGURES,
     *earlycrop.FIGURES,
+    *three_regime.FIGURES,
 ]
