@@ -209,7 +209,7 @@ def finished_summary(results_dir, config, force=False):
 def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, seed=0,
               force=False, save_as=(), mask=None, bn_l1=0.0, checkpoint_extra=None,
               weight_distance_ref=None, bn_history=False, perturb=None, extra_metrics=None,
-              desc="train"):
+              desc="train", optimizer=None):
     """Train `model` with the recipe `hp` (a TrainConfig) and log everything; return the summary.
 
     save_as: (epoch, filename) pairs, e.g. (0, "init.pt"), (160, "epoch_160.pt").
@@ -220,6 +220,8 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     perturb: callable(model, x, y) -> x used on every training batch (adversarial training);
       its state_dict()/load_state_dict(), if any, are saved for resume.
     extra_metrics: callable(model) -> dict of extra trajectory columns, once per row.
+    optimizer: callable(model, hp) -> torch.optim.Optimizer (default: SGD from `make_optimizer`);
+      its state is saved in resume.pt like SGD's.
     """
     ckpt_dir, results_dir = Path(ckpt_dir), Path(results_dir)
     done = finished_summary(results_dir, config, force)
@@ -232,7 +234,7 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     if force:
         resume_path.unlink(missing_ok=True)
     model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, hp)
+    optimizer = (optimizer or make_optimizer)(model, hp)
     masked = MaskedParams(model, mask or {})
     bns = bn_weights(model)
     names = {}
