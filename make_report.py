@@ -9,11 +9,30 @@ computed from the results when the report is made; a missing part is noted, not 
 """
 from pathlib import Path
 
+from utils import report
+from utils.analysis_ticket_transfer import section as ticket_transfer_section
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
+from utils.plots import FIGURES
+from utils.plots_ticket_transfer import FIGURES as TICKET_TRANSFER_FIGURES
 from utils.report import write_code_zip, write_report
 
 REPO = Path(__file__).resolve().parent
+
+# Task sections kept outside utils/report.py: their figures join the list the report embeds
+# from, and their sections follow the core report's.
+FIGURES.extend(spec for spec in TICKET_TRANSFER_FIGURES if spec not in FIGURES)
+_core_build_doc = report.build_doc
+
+
+def build_doc_with_tasks(res, papers_path):
+    doc = _core_build_doc(res, papers_path)
+    doc.page_break()
+    ticket_transfer_section(doc, res)
+    return doc
+
+
+report.build_doc = build_doc_with_tasks
 
 
 def parse_args(argv):

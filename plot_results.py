@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
 from utils.plots import FIGURES, Results, build_figure, save_figure
+from utils.plots_ticket_transfer import FIGURES as TICKET_TRANSFER_FIGURES
+
+ALL_FIGURES = FIGURES + TICKET_TRANSFER_FIGURES  # task modules' figures after the core ones
 
 
 def parse_args(argv):
@@ -32,7 +35,7 @@ def main(argv=None):
     # Each figure from its own files; a missing input skips just that figure.
     res = Results(results_dir)
     written = 0
-    for spec in FIGURES:
+    for spec in ALL_FIGURES:
         fig, skipped = build_figure(spec, res)
         if skipped:
             print(skipped)
@@ -41,7 +44,7 @@ def main(argv=None):
         plt.close(fig)
         written += 1
         print(f"wrote {plots_dir / spec.name}.png and .pdf")
-    print(f"{written} of {len(FIGURES)} figures written to {plots_dir}/")
+    print(f"{written} of {len(ALL_FIGURES)} figures written to {plots_dir}/")
 
 
 if __name__ == "__main__":

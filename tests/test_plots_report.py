@@ -13,10 +13,12 @@ import pytest
 from conftest import REPO, assert_user_error, run_script
 from fixtures.results_tree import DENSE_ACC, EARLY_BIRD, LOTTERY, MAGNITUDE, TICKET_EPOCHS, make_results_tree
 from utils.plots import FIGURES, Results, fig_accuracy_vs_sparsity, fig_early_bird_accuracy, fig_mask_distance
+from utils.plots_ticket_transfer import FIGURES as TICKET_TRANSFER_FIGURES
 
 matplotlib.use("Agg")
 
 FIGURE_NAMES = {f.name for f in FIGURES}
+ALL_FIGURES = FIGURES + TICKET_TRANSFER_FIGURES  # what plot_results.py draws
 
 
 def md_table(md, name):
@@ -52,7 +54,7 @@ def test_plot_results_writes_every_figure(results, tmp_path):
     for name in drawn:
         assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (plots / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert f"{len(drawn)} of {len(FIGURES)} figures written" in proc.stdout
+    assert f"{len(drawn)} of {len(ALL_FIGURES)} figures written" in proc.stdout
     assert "skipped lottery_control_random_trajectories" in proc.stdout
     assert "python lottery_imp.py --controls random" in proc.stdout
     assert not list(plots.glob(".*.tmp"))  # atomic writes leave no temporaries
@@ -95,7 +97,7 @@ def test_missing_inputs_are_skipped_with_the_command(tmp_path):
     proc = run_script("plot_results.py", "--results-dir", results, "--plots-dir", plots)
     assert sorted(p.name for p in plots.iterdir()) == ["dense_trajectory.pdf", "dense_trajectory.png"]
     skipped = [ln for ln in proc.stdout.splitlines() if ln.startswith("skipped")]
-    assert len(skipped) == len(FIGURES) - 1
+    assert len(skipped) == len(ALL_FIGURES) - 1
     assert any("magnitude_trajectories" in ln and "(run: python prune_magnitude.py)" in ln for ln in skipped)
     assert any("early_bird_accuracy" in ln and "(run: python early_bird.py)" in ln for ln in skipped)
     assert any("robustness:" in ln and "(run: python robustness.py)" in ln for ln in skipped)

@@ -412,3 +412,92 @@ def test_rerun_skips_finished_work(transfer_run):
     assert proc.stderr.count("finished already") == 2 * (3 + 3 * 2)
     assert "resuming" not in proc.stderr
     assert (transfer_run["res"] / "summary.csv").read_text() == before  # other rows kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures and the report section, from the end-to-end run's results
+
+def test_figures_plot_the_summary(transfer_run):
+    from utils.plots import Results
+    from utils.plots_ticket_transfer import fig_imp_accuracy, fig_imp_trajectories, fig_transfer
+
+    res = Results(transfer_run["root"] / "results")
+    rows = load_csv(transfer_run["res"] / "summary.csv")
+
+    def pick(experiment, arch, ticket, mask_from, trained_on):
+        sel = [r for r in rows if (r["experiment"], r["arch"], r["ticket"], r["mask_from"], r["trained_on"])
+               == (experiment, arch, ticket, mask_from, trained_on)]
+        return sorted(sel, key=lambda r: int(r["round"]))
+
+    def line(ax, prefix):
+        hits = [ln for ln in ax.get_lines() if ln.get_label().startswith(prefix)]
+        assert len(hits) == 1, [ln.get_label() for ln in ax.get_lines()]
+        return hits[0]
+
+    fig = fig_imp_accuracy(res)
+    assert [ax.get_title() for ax in fig.axes] == ["lenet300 on MNIST", "lenet5 on MNIST"]
+    own = pick("imp", "lenet5", "imp", "full", "full")
+    got = line(fig.axes[1], "own ticket")
+    assert list(got.get_ydata()) == pytest.approx([float(r["final_acc"]) for r in own], abs=1e-4)
+    assert list(got.get_xdata()) == pytest.approx([100 * float(r["density"]) for r in own], abs=1e-4)
+    rnd = pick("imp", "lenet5", "random", "full", "full")
+    assert list(line(fig.axes[1], "control: random").get_ydata())[1:] == \
+        pytest.approx([float(r["final_acc"]) for r in rnd], abs=1e-4)
+
+    fig = fig_transfer(res)
+    titled = {ax.get_title().split(":")[0] + ":" + ax.get_title().split("trained on ")[1].split(",")[0]: ax
+              for ax in fig.axes if ax.get_title()}
+    assert len(titled) == 6
+    ax = titled["data / lenet300:half2"]
+    moved = pick("data", "lenet300", "imp", "half1", "half2")
+    dense = pick("data", "lenet300", "imp", "half2", "half2")[0]
+    assert list(line(ax, "transferred").get_ydata()) == \
+        pytest.approx([float(dense["final_acc"])] + [float(r["final_acc"]) for r in moved], abs=1e-4)
+
+    fig = fig_imp_trajectories(res)
+    lines = fig.axes[0].get_lines()
+    # lenet300 at rate 0.3 keeps 100, 70, 49% after rounds 0-2: round 1 is nearest to no target
+    assert [ln.get_label().split("(")[1] for ln in lines] == ["round 0)", "round 2)"]
+    assert list(lines[0].get_xdata()) == [0, math.ceil(512 / 60)]  # iterations: 1 epoch of batch 60
+
+
+def test_report_section_numbers(transfer_run, tmp_path):
+    from utils.analysis_ticket_transfer import section
+    from utils.plots import Results
+    from utils.report import Doc
+
+    doc = Doc()
+    section(doc, Results(transfer_run["root"] / "results"))
+    rows = load_csv(transfer_run["res"] / "summary.csv")
+    table = doc.tables["ticket_transfer_labels_lenet300_digits0to4"]
+    assert table.columns == ["round", "% remaining", "own", "transferred", "random", "reinit", "transferred - own"]
+    get = {(r["ticket"], r["mask_from"], int(r["round"])): float(r["final_acc"]) for r in rows
+           if (r["experiment"], r["trained_on"]) == ("labels", "digits0to4")}
+    for line in table.rows:
+        rnd = int(line[0])
+        assert line[2] == f"{get[('imp', 'digits0to4', rnd)]:.2f}"
+        if rnd:
+            diff = get[("imp", "digits5to9", rnd)] - get[("imp", "digits0to4", rnd)]
+            assert line[3] == f"{get[('imp', 'digits5to9', rnd)]:.2f}" and line[6] == f"{diff:+.2f}"
+            assert line[4] == f"{get[('random', 'digits0to4', rnd)]:.2f}"
+    mean = sum(get[("imp", "digits5to9", r)] - get[("imp", "digits0to4", r)] for r in (1, 2)) / 2
+    text = "\n".join(b for kind, x in doc.blocks if kind == "bullets" for b in x)
+    assert f"Transferred - own: {mean:+.2f} points on average over rounds 1-2" in text
+    wins = sum(get[("imp", "digits5to9", r)] > get[("random", "digits0to4", r)] for r in (1, 2))
+    assert f"ahead at {wins} of 2 rounds" in text
+    # the whole pipeline: figures and report from the same results
+    results = transfer_run["root"] / "results"
+    proc = run_script("plot_results.py", "--results-dir", results, "--plots-dir", tmp_path / "plots")
+    for name in ("ticket_imp_accuracy", "ticket_imp_trajectories", "ticket_transfer"):
+        assert (tmp_path / "plots" / f"{name}.png").is_file(), proc.stdout
+    run_script("make_report.py", "--results-dir", results, "--no-zip")
+    md = (results / "report.md").read_text()
+    assert "Table (ticket_transfer_data_lenet300_half1)" in md and "Figure: plots/ticket_transfer.png" in md
+
+
+def test_docs_page_names_every_flag():
+    page = (REPO / "docs" / "ticket_transfer.md").read_text()
+    help_text = subprocess.run([sys.executable, str(REPO / "ticket_transfer.py"), "--help"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout
+    flags = set(re.findall(r"--[a-z][a-z-]+", help_text))
+    assert flags and not [f for f in flags if f"`{f}" not in page]
