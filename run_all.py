@@ -23,10 +23,10 @@ from utils.errors import UserError, cli_main
 REPO = Path(__file__).resolve().parent
 # (step, the folder under results/ whose summary.json files are its runs)
 STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_imp", "lottery"),
-         ("early_bird", "early_bird"), ("robustness", "robustness"), ("plot_results", None),
-         ("make_report", None)]
-# Steps that only need the dense run, so --jobs may run them side by side.
-PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird"}
+         ("early_bird", "early_bird"), ("ticket_transfer", "ticket_transfer"), ("robustness", "robustness"),
+         ("plot_results", None), ("make_report", None)]
+# Steps that only need the dense run (ticket_transfer: nothing), so --jobs may run them side by side.
+PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird", "ticket_transfer"}
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
 
 
@@ -36,7 +36,7 @@ def preset_flags(preset, checkpoint_dir):
     dense_dir = Path(checkpoint_dir) / "dense"
     if preset == "full":  # the assignment as written: every script's defaults
         dense, last, tickets = [], 160, None
-        mag = lot = eb = rob = []
+        mag = lot = eb = rob = tt = []
         subsets = []
     elif preset == "quick":  # every schedule at 1/5: 32 dense epochs, tickets at 2 6 10 20
         last, tickets = 32, [2, 6, 10, 20]
@@ -46,6 +46,7 @@ def preset_flags(preset, checkpoint_dir):
         lot = retrain + ["--imp-rate", 0.5]  # 4 IMP rounds (50, 70, 85, 90%) instead of 11
         eb = retrain
         rob = retrain + ["--eval-subset", 1000, "--monitor-subset", 500, "--train-steps", 3]
+        tt = ["--epochs", 10]  # MNIST tickets: the table's rounds, 10 epochs per run
         subsets = []
     elif preset == "smoke":  # tiny real subsets, 1 epoch per retraining: minutes on 2 CPU cores
         last, tickets = 4, [1, 2, 3, 4]
@@ -56,6 +57,7 @@ def preset_flags(preset, checkpoint_dir):
         # window 2, so the detector can fire within 4 dense epochs
         eb = retrain + ["--eb-window", 2, "--speed-batch", 8, "--speed-repeats", 1]
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
+        tt = ["--epochs", 1, "--rounds", 2]
         subsets = ["--train-subset", 64, "--test-subset", 64]
     else:
         raise UserError(f"unknown --preset {preset!r}; choose full, quick or smoke")
@@ -65,6 +67,7 @@ def preset_flags(preset, checkpoint_dir):
         "prune_magnitude": mag + ["--from", dense_dir / f"epoch_{last:03d}.pt"],
         "lottery_imp": lot + ["--from", dense_dir / f"epoch_{last:03d}.pt", "--rewind", dense_dir / "init.pt"],
         "early_bird": eb + ticket_flags + ["--dense-run", dense_dir],
+        "ticket_transfer": tt,
         "robustness": rob,
     }
     return {step: [str(a) for a in f] for step, f in flags.items()}, [str(a) for a in subsets]
@@ -82,6 +85,8 @@ def parse_args(argv):
     # The flags every entry script takes, passed on; None = the preset's or the script's default.
     common = parser.add_argument_group("passed on to every training script")
     common.add_argument("--data-dir", default=None, help="CIFAR-10 root (default: data)")
+    common.add_argument("--mnist-dir", default=None,
+                        help="MNIST root holding MNIST/raw/, for ticket_transfer (default: --data-dir)")
     common.add_argument("--no-download", action="store_true", help="never touch the network")
     common.add_argument("--train-subset", type=int, default=None, help="first N training images (0 = all)")
     common.add_argument("--test-subset", type=int, default=None, help="first N test images (0 = all)")
@@ -93,11 +98,12 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def common_flags(args, preset_subsets):
+def common_flags(args, preset_subsets, data_dir=None):
     flags = []
     for name in ("data_dir", "device", "seed"):
-        if getattr(args, name) is not None:
-            flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        value = data_dir if name == "data_dir" and data_dir is not None else getattr(args, name)
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
     subsets = dict(zip(preset_subsets[::2], preset_subsets[1::2]))
     for name in ("train_subset", "test_subset"):
         flag = f"--{name.replace('_', '-')}"
@@ -115,7 +121,9 @@ def commands(args):
     common = common_flags(args, subsets)
     out = []
     for step, _ in STEPS:
-        if step in TRAINING_STEPS:
+        if step == "ticket_transfer":  # MNIST: its own root, the CIFAR one unless given
+            argv = common_flags(args, subsets, data_dir=args.mnist_dir) + per_step[step]
+        elif step in TRAINING_STEPS:
             argv = common + per_step[step]
         elif step == "plot_results":
             argv = ["--results-dir", args.results_dir, "--plots-dir", args.plots_dir]

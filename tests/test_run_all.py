@@ -7,11 +7,13 @@ import shlex
 import shutil
 import time
 
-from conftest import TINY_DATA, assert_user_error, run_script
+from conftest import MNIST_DIR, TINY_DATA, assert_user_error, run_script
 from test_plots_report import md_table
 from utils.io import load_csv
 
-STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "robustness", "plot_results", "make_report"]
+STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "ticket_transfer", "robustness",
+         "plot_results", "make_report"]
+TRAINING = STEPS[:6]
 
 
 def dry_run(*args):
@@ -48,20 +50,28 @@ def test_presets_are_consistent_with_the_dense_run(tmp_path):
         assert flag(cmds["lottery_imp"], "--from") == [str(ck / "dense" / f"epoch_{last:03d}.pt")]
         assert flag(cmds["lottery_imp"], "--rewind") == [str(ck / "dense" / "init.pt")]
         assert flag(cmds["early_bird"], "--dense-run") == [str(ck / "dense")]
-        for step in STEPS[:5]:  # the common flags reach every training script
+        for step in TRAINING:  # the common flags reach every training script
             assert flag(cmds[step], "--checkpoint-dir") == [str(ck)]
             assert flag(cmds[step], "--results-dir") == [str(tmp_path / "r")]
         assert flag(cmds["plot_results"], "--results-dir") == [str(tmp_path / "r")]
+        assert flag(cmds["ticket_transfer"], "--epochs") == (["1"] if preset == "smoke" else ["10"])
+        assert flag(cmds["ticket_transfer"], "--rounds") == ["2"] if preset == "smoke" else \
+            "--rounds" not in cmds["ticket_transfer"]
     # full = the assignment as written: the scripts' own defaults, only the paths spelled out
     cmds = dry_run("--preset", "full")
     assert "--epochs" not in cmds["train_dense"] and "--ticket-epochs" not in cmds["early_bird"]
     assert flag(cmds["lottery_imp"], "--from") == ["checkpoints/dense/epoch_160.pt"]
     # the user's flags win over the preset's and are passed on
     cmds = dry_run("--preset", "smoke", "--train-subset", 100, "--seed", 3, "--force", "--device", "cpu")
-    for step in STEPS[:5]:
+    for step in TRAINING:
         assert flag(cmds[step], "--train-subset") == ["100"] and flag(cmds[step], "--test-subset") == ["64"]
         assert flag(cmds[step], "--seed") == ["3"] and "--force" in cmds[step]
     assert "--force" not in cmds["plot_results"] and "--force" not in cmds["make_report"]
+    # MNIST's root: --mnist-dir, else --data-dir
+    cmds = dry_run("--data-dir", "/c", "--mnist-dir", "/m")
+    assert flag(cmds["ticket_transfer"], "--data-dir") == ["/m"] and flag(cmds["train_dense"], "--data-dir") == ["/c"]
+    assert flag(dry_run("--data-dir", "/c")["ticket_transfer"], "--data-dir") == ["/c"]
+    assert "--epochs" not in dry_run("--preset", "full")["ticket_transfer"]
 
 
 def test_user_errors_are_one_line():
@@ -105,7 +115,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     """The one slow test: smoke preset from nothing, then again (nothing trained), then with one run's
     results deleted (only that run retrained)."""
     ck, res, plots = tmp_path / "checkpoints", tmp_path / "results", tmp_path / "plots"
-    args = ["--preset", "smoke", *TINY_DATA, "--checkpoint-dir", ck, "--results-dir", res, "--plots-dir", plots]
+    args = ["--preset", "smoke", *TINY_DATA, "--mnist-dir", MNIST_DIR, "--checkpoint-dir", ck, "--results-dir", res,
+            "--plots-dir", plots]
     t0 = time.perf_counter()
     first = run_script("run_all.py", *args, "--jobs", 2, timeout=300)
     first_s = time.perf_counter() - t0
@@ -113,6 +124,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     assert set(progress) == set(STEPS)  # one line per step; Tasks 2-4 may finish in any order
     assert progress["train_dense"] == (1, 0) and progress["prune_magnitude"] == (3, 0)
     assert progress["early_bird"] == (8, 0) and progress["lottery_imp"][0] >= 6
+    # 2 rounds: imp 2 archs x (3 own + 2 random); 3 experiments x 2 sides x (3 own + 2 moved + 2 random)
+    assert progress["ticket_transfer"] == (2 * 5 + 3 * 2 * 7, 0)
 
     # every results file of the contract
     for f in ["dense/trajectory.csv", "dense/summary.json", "magnitude/summary.csv", "lottery/summary.csv",
@@ -132,7 +145,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     assert set(det["ratios"]) == {"0.3", "0.5"} and det["window"] == 2
     for name in ("dense_trajectory", "magnitude_trajectories", "lottery_oneshot_trajectories",
                  "lottery_imp_trajectories", "early_bird_trajectories", "accuracy_vs_sparsity",
-                 "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness"):
+                 "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness",
+                 "ticket_imp_accuracy", "ticket_imp_trajectories", "ticket_transfer"):
         assert (plots / f"{name}.png").is_file() and (plots / f"{name}.pdf").is_file(), name
 
     # the report carries exactly the summaries' numbers
@@ -153,7 +167,7 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     second = run_script("run_all.py", *args, "--jobs", 2, timeout=300)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    for step in STEPS[:4]:
+    for step in STEPS[:5]:
         assert progress[step][0] == 0, (step, progress[step])
     assert _stamps(res) == stamps and _files(res, ck) == files
     # only start-up, skip checks, plots and report (a wall-clock bound: CPU load from other

@@ -10,6 +10,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from utils.plots import FigureSpec, Results, col, pct, read_csv, save_figure  # noqa: F401 (re-exported)
 
@@ -54,6 +55,8 @@ def _curves(ax, rows):
         ax.axhline(dense[0]["final_acc"], color="black", ls=":", lw=1,
                    label=f"dense ({dense[0]['final_acc']:.2f}%)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.invert_xaxis()  # pruning proceeds to the right, as in Frankle & Carbin
     ax.set_xlabel("% of weights remaining (log)")
     ax.set_ylabel("test accuracy after training (%)")
