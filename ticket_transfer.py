@@ -24,7 +24,7 @@ from utils.ticket_transfer import (ARCHS, CONTROLS, EXPERIMENTS, OPTIMIZERS, Con
                                    run_experiment, write_splits, write_summary)
 from utils.train import select_device, set_precision
 
-FROM_TABLE = "(default: the experiment's value in the table of docs/ticket_transfer.md)"
+FROM_TABLE = "(default: %(default)s, i.e. the experiment's value in the table of docs/ticket_transfer.md)"
 
 
 def parse_args(argv):
@@ -45,7 +45,8 @@ def parse_args(argv):
                         help="imp: winning tickets; data: two halves of the training set; labels: "
                              "digits 0-4 vs 5-9; optimizer: Adam vs SGD")
     parser.add_argument("--archs", nargs="+", default=None, choices=ARCHS,
-                        help="architectures (default: lenet300 and lenet5 for imp, lenet300 for the others)")
+                        help="architectures (default: %(default)s, i.e. lenet300 and lenet5 for imp, lenet300 "
+                             "for the others)")
     parser.add_argument("--prune-rate", type=float, default=None,
                         help=f"fraction of each hidden layer's survivors pruned per round, the output "
                              f"layer at half of it {FROM_TABLE}")
