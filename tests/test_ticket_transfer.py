@@ -9,6 +9,7 @@ import re
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -501,3 +502,36 @@ def test_docs_page_names_every_flag():
                                capture_output=True, text=True, check=True).stdout
     flags = set(re.findall(r"--[a-z][a-z-]+", help_text))
     assert flags and not [f for f in flags if f"`{f}" not in page]
+
+
+def test_download_is_md5_checked_and_atomic(tmp_path, monkeypatch):
+    import hashlib
+
+    import torchvision.datasets.utils as tv
+
+    import data
+
+    made = write_mnist(tmp_path / "src", gz=("train", "test"))
+    blobs = {p.name: p.read_bytes() for p in (tmp_path / "src" / "MNIST" / "raw").iterdir()}
+    files = {k: (stem, hashlib.md5(blobs[stem + ".gz"]).hexdigest()) for k, (stem, _) in data.MNIST_FILES.items()}
+    monkeypatch.setattr(data, "MNIST_FILES", files)
+    served = []
+
+    def fake_download(url, root, filename, md5=None):  # what the mirror serves
+        served.append(filename)
+        blob = blobs[filename]
+        bad = corrupt and "t10k-labels" in filename
+        (Path(root) / filename).write_bytes(blob[:-3] if bad else blob)
+
+    corrupt = True
+    monkeypatch.setattr(tv, "download_url", fake_download)
+    with pytest.raises(UserError, match="could not download t10k-labels-idx1-ubyte.gz"):
+        load_mnist(tmp_path / "dl")
+    raw = tmp_path / "dl" / "MNIST" / "raw"
+    # the three good files arrived whole; the bad one left nothing behind, not even a temporary
+    assert sorted(p.name for p in raw.iterdir()) == sorted(n for n in blobs if "t10k-labels" not in n)
+    corrupt = False
+    train, test = load_mnist(tmp_path / "dl")
+    assert served.count("t10k-labels-idx1-ubyte.gz") == 2 and len(served) == 5  # only the missing one again
+    assert torch.equal(test.labels, torch.from_numpy(made["t10k"][1].astype(np.int64)))
+    assert len(train) == 5

@@ -241,6 +241,7 @@ class Context:
             if not masks_equal(old["model"], ckpt["model"]):
                 raise UserError(f"{path} differs from the initialisation derived now (another --seed?); "
                                 "rerun with the same flags, or add --force to redo the experiment")
+            return old
         save_torch(ckpt, path)
         return ckpt
 
