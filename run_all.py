@@ -7,8 +7,9 @@
 Each step runs the real entry script as a subprocess with the preset's flags; finished runs are
 skipped and interrupted ones resume (the scripts do that themselves), so running the same
 command again only does what is missing. Every step's output goes to <results-dir>/logs/<step>.log
-and one progress line per step is printed. `--jobs N` runs Tasks 2, 3 and 4 (independent once the
-dense run exists) in N processes at once. A failing step stops the pipeline with its exit code.
+and one progress line per step is printed. `--jobs N` runs Tasks 2, 3, 4 (independent once the
+dense run exists) and ticket_transfer (MNIST tickets, independent of everything) in N processes
+at once. A failing step stops the pipeline with its exit code.
 """
 import os
 import shlex
@@ -77,7 +78,8 @@ def parse_args(argv):
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--preset", default="full", choices=("full", "quick", "smoke"),
                         help="full: the assignment as written; quick: ~1/5 of the cost; smoke: minutes on a CPU")
-    parser.add_argument("--jobs", type=int, default=1, help="run Tasks 2, 3 and 4 in up to N processes at once")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run Tasks 2, 3, 4 and ticket_transfer in up to N processes at once")
     parser.add_argument("--plots-dir", default="plots", help="where plot_results.py writes the figures")
     parser.add_argument("--skip", nargs="*", default=[], metavar="STEP",
                         help=f"steps to leave out, of: {', '.join(s for s, _ in STEPS)}")
