@@ -31,9 +31,9 @@ def sparsest_within(rounds, k, dense_acc):
 
 def _within_text(hit, what):
     if hit is None:
-        return f"No round of the {what} stays within {MATCH_POINTS:g} point of the dense network"
-    return f"The {what} stays within {MATCH_POINTS:g} point of the dense network down to round {hit[0]} " \
-           f"({100 * hit[1]:.3g}% of the weights)"
+        return f"No round of the {what} is within {MATCH_POINTS:g} point of the dense network"
+    return f"The sparsest round at which the {what} is within {MATCH_POINTS:g} point of the dense " \
+           f"network (or above it) is round {hit[0]} ({100 * hit[1]:.3g}% of the weights)"
 
 
 def side_answers(rounds, dense_acc):
