@@ -16,6 +16,7 @@ from utils.plots import FigureSpec, Results, col, pct, read_csv, save_figure  # 
 
 COMMAND = "python ticket_transfer.py"
 TRAJECTORY_DENSITIES = (1.0, 0.51, 0.21, 0.07, 0.036, 0.019)
+REFERENCE_TICKS = (100, 51.3, 21.1, 7.0, 3.6, 1.9, 0.9, 0.5, 0.3, 0.1)  # % remaining, as Frankle & Carbin
 STYLES = {"own": ("o-", "tab:red", "own ticket (its IMP mask, shared init)"),
           "transferred": ("s-", "tab:blue", "transferred ticket (the other side's mask, shared init)"),
           "random": ("^:", "tab:brown", "control: random mask, same per-layer counts"),
@@ -55,7 +56,10 @@ def _curves(ax, rows):
         ax.axhline(dense[0]["final_acc"], color="black", ls=":", lw=1,
                    label=f"dense ({dense[0]['final_acc']:.2f}%)")
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    xs = sorted({100 * r["density"] for r in rows}, reverse=True)
+    ticks = [t for t in REFERENCE_TICKS if min(xs) * 0.95 <= t <= max(xs) * 1.05]
+    ax.set_xticks(ticks if len(ticks) >= 3 else xs[:: max(1, len(xs) // 8)])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.invert_xaxis()  # pruning proceeds to the right, as in Frankle & Carbin
     ax.set_xlabel("% of weights remaining (log)")
