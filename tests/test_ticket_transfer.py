@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO, assert_user_error, run_script
-from data import load_mnist, read_idx
+from data import load_mnist
 from models import count_params, get_model, load_checkpoint, prunable_weights
 from utils.config import TrainConfig
 from utils.errors import UserError
@@ -287,10 +287,6 @@ def transfer_run(tmp_path_factory, mnist_dir):
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def prunable(state, mask):
-    return {n: state[n] for n in mask}
 
 
 def test_summary_and_trajectories(transfer_run):

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from utils.plots import FigureSpec, Results, col, pct, read_csv, save_figure  # noqa: F401 (re-exported)
+from utils.plots import FigureSpec, col, read_csv
 
 COMMAND = "python ticket_transfer.py"
 TRAJECTORY_DENSITIES = (1.0, 0.51, 0.21, 0.07, 0.036, 0.019)
