@@ -138,3 +138,135 @@ class CifarSplit:
 def to_pixels(x_uint8):
     """uint8 images -> float [0, 1] pixels in channels_last memory format."""
     return x_uint8.contiguous(memory_format=torch.channels_last).float().div_(255)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST: the official IDX files in torchvision's layout, `<data_dir>/MNIST/raw/`.
+
+MNIST_FOLDER = Path("MNIST") / "raw"
+# torchvision's first mirror; the files and their MD5 sums are the official ones (LeCun et al.)
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_FILES = {  # split part -> (file stem, MD5 of the official .gz)
+    "train_images": ("train-images-idx3-ubyte", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "train_labels": ("train-labels-idx1-ubyte", "d53e105ee54ea40749a09fcbcd1e9432"),
+    "test_images": ("t10k-images-idx3-ubyte", "9fb629c4189551a2d022fa330f9573f3"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "ec29112dd5afa0611ce80d1b7f02629c"),
+}
+IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
+MNIST_SIDE = 28
+
+
+def mnist_file(folder, stem):
+    """The file holding `stem` in `folder`: plain IDX first, then `.gz`; None when neither."""
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def download_mnist_file(folder, stem, md5):
+    """Download `<stem>.gz` into `folder`: to a temporary folder, MD5-checked, then renamed."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = stem + ".gz"
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+        try:
+            download_url(MNIST_URL + name, tmp, filename=name, md5=md5)
+            if not check_integrity(Path(tmp) / name, md5):
+                raise RuntimeError("MD5 mismatch")
+        except Exception as e:  # network or checksum failure: nothing half-written stays behind
+            raise UserError(f"could not download {name} into {folder} ({e}); put the official "
+                            f"MNIST files there by hand and pass --data-dir, or retry") from None
+        (Path(tmp) / name).rename(folder / name)
+    return folder / name
+
+
+def _idx_bytes(path):
+    """The raw IDX bytes of a plain or gzip-compressed file."""
+    import gzip
+    import zlib
+
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise UserError(f"{path} is corrupt or truncated ({e}); delete it and run again "
+                        "without --no-download to fetch it") from None
+
+
+def read_idx(path, magic):
+    """Parse one IDX file with every check: magic number, 28×28 images, the record count
+    against the file size, labels 0–9. Returns uint8 (N, 1, 28, 28) images or int64 (N,) labels."""
+    path = Path(path)
+    data = _idx_bytes(path)
+    fix = f"delete {path} and run again without --no-download to fetch it"
+    header = 16 if magic == IDX_IMAGES_MAGIC else 8
+    if len(data) < header:
+        raise UserError(f"{path} is truncated ({len(data)} bytes, shorter than its IDX header); {fix}")
+    dims = np.frombuffer(data[:header], dtype=">u4")
+    if int(dims[0]) != magic:
+        kind = "images" if magic == IDX_IMAGES_MAGIC else "labels"
+        raise UserError(f"{path} has IDX magic number {int(dims[0])}, not {magic} (MNIST {kind}); {fix}")
+    count = int(dims[1])
+    if magic == IDX_IMAGES_MAGIC and (int(dims[2]), int(dims[3])) != (MNIST_SIDE, MNIST_SIDE):
+        raise UserError(f"{path} holds {int(dims[2])}x{int(dims[3])} images, not 28x28; {fix}")
+    record = MNIST_SIDE * MNIST_SIDE if magic == IDX_IMAGES_MAGIC else 1
+    if len(data) != header + count * record:
+        raise UserError(f"{path}: its header says {count} records ({header + count * record} bytes) "
+                        f"but it holds {len(data)} bytes (truncated or corrupt); {fix}")
+    values = np.frombuffer(data, dtype=np.uint8, offset=header)
+    if magic == IDX_IMAGES_MAGIC:
+        return torch.from_numpy(values.reshape(count, 1, MNIST_SIDE, MNIST_SIDE).copy())
+    if count and int(values.max()) > 9:
+        raise UserError(f"{path} holds label {int(values.max())}, outside 0-9; {fix}")
+    return torch.from_numpy(values.astype(np.int64))
+
+
+def read_mnist_split(folder, part, download):
+    """(images, labels) of part 'train' or 'test', checked to have the same count."""
+    out = []
+    for kind, magic in (("images", IDX_IMAGES_MAGIC), ("labels", IDX_LABELS_MAGIC)):
+        stem, md5 = MNIST_FILES[f"{part}_{kind}"]
+        path = mnist_file(folder, stem)
+        if path is None:
+            if not download:
+                raise UserError(f"MNIST file {folder / stem}(.gz) not found; run without --no-download "
+                                "to fetch it, or pass --data-dir pointing at the folder holding MNIST/raw/")
+            path = download_mnist_file(folder, stem, md5)
+        out.append((path, read_idx(path, magic)))
+    (image_path, images), (label_path, labels) = out
+    if len(images) != len(labels):
+        raise UserError(f"{image_path} holds {len(images)} images but {label_path} {len(labels)} labels; "
+                        "delete both and run again without --no-download to fetch them")
+    return images, labels
+
+
+def load_mnist(data_dir="data", download=True, train_subset=0, test_subset=0, device="cpu"):
+    """Return (train, test) as `MnistSplit`s on `device`, from `<data_dir>/MNIST/raw/`.
+
+    Missing files are downloaded (official .gz, MD5-checked, atomic) unless not `download`; files
+    already there are read as they are (plain or .gz), without checksum checks, but every file is
+    parsed and checked whole before any subset is taken.
+    """
+    folder = Path(data_dir) / MNIST_FOLDER
+    train = read_mnist_split(folder, "train", download)
+    test = read_mnist_split(folder, "test", download)
+    train = _take(*train, train_subset, "training", "--train-subset")
+    test = _take(*test, test_subset, "test", "--test-subset")
+    return MnistSplit(*train, device), MnistSplit(*test, device)
+
+
+class MnistSplit(CifarSplit):
+    """One MNIST split on the device: uint8 images (N, 1, 28, 28), int64 labels; the trainer's
+    interface (`batches`, `len`, `.device`, `.images`, `.labels`), without augmentation."""
+
+    def batches(self, batch_size, order_gen=None, aug_gen=None):
+        """Yield (pixels in [0, 1], labels) for one pass, in a seeded order with `order_gen`.
+        `aug_gen` is accepted for the trainer's sake and unused: MNIST is not augmented."""
+        return super().batches(batch_size, order_gen, None)
+
+    def subset(self, indices, label_offset=0):
+        """A new split of the images at `indices` (a 1-D index tensor), labels minus `label_offset`."""
+        indices = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        return MnistSplit(self.images[indices], self.labels[indices] - label_offset, self.device)

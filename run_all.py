@@ -9,7 +9,8 @@ skipped and interrupted ones resume (the scripts do that themselves), so running
 command again only does what is missing. Every step's output is appended to
 <results-dir>/logs/<step>.log under a header per attempt (a failed attempt's log is kept) and
 one progress line per step is printed. `--jobs N` runs Tasks 2, 3 and 4, three_regime and
-prune_at_init (independent once the dense run exists) in N processes at once. A failing step stops the pipeline with its exit code.
+prune_at_init (independent once the dense run exists) and ticket_transfer (MNIST tickets,
+independent of everything) in N processes at once. A failing step stops the pipeline with its exit code.
 """
 import os
 import shlex
@@ -25,9 +26,10 @@ REPO = Path(__file__).resolve().parent
 # (step, the folder under results/ whose summary.json files are its runs)
 STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_imp", "lottery"),
          ("early_bird", "early_bird"), ("three_regime", "three_regime"), ("prune_at_init", "prune_at_init"),
-         ("earlycrop", "earlycrop"), ("robustness", "robustness"), ("plot_results", None), ("make_report", None)]
-# Steps that only need the dense run, so --jobs may run them side by side.
-PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init"}
+         ("ticket_transfer", "ticket_transfer"), ("earlycrop", "earlycrop"), ("robustness", "robustness"),
+         ("plot_results", None), ("make_report", None)]
+# Steps that only need the dense run (ticket_transfer: nothing), so --jobs may run them side by side.
+PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init", "ticket_transfer"}
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
 ATTEMPT_MARK = "===== run_all attempt,"  # starts the header line of each attempt in a step's log
 
@@ -38,7 +40,7 @@ def preset_flags(preset, checkpoint_dir):
     dense_dir = Path(checkpoint_dir) / "dense"
     if preset == "full":  # the assignment as written: every script's defaults
         dense, last, tickets = [], 160, None
-        mag = lot = eb = rob = pai = ec = tr = []
+        mag = lot = eb = rob = pai = ec = tr = tt = []
         subsets = []
     elif preset == "quick":  # every schedule at 1/5: 32 dense epochs, tickets at 2 6 10 20
         last, tickets = 32, [2, 6, 10, 20]
@@ -50,6 +52,7 @@ def preset_flags(preset, checkpoint_dir):
         ec = retrain + ["--prune-by", 20]
         rob = retrain + ["--eval-subset", 1000, "--monitor-subset", 500, "--train-steps", 3]
         tr = ["--temperatures", *tickets, last, "--epochs", 32, "--milestones", 16, 24]
+        tt = ["--epochs", 10]  # MNIST tickets: the table's rounds, 10 epochs per run
         subsets = []
     elif preset == "smoke":  # tiny real subsets, 1 epoch per retraining: minutes on 2 CPU cores
         last, tickets = 4, [1, 2, 3, 4]
@@ -63,6 +66,7 @@ def preset_flags(preset, checkpoint_dir):
         pai = retrain + ["--sparsities", 0, 0.9, "--score-per-class", 2]
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
         tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1]
+        tt = ["--epochs", 1, "--rounds", 2]
         subsets = ["--train-subset", 64, "--test-subset", 64]
     else:
         raise UserError(f"unknown --preset {preset!r}; choose full, quick or smoke")
@@ -75,6 +79,7 @@ def preset_flags(preset, checkpoint_dir):
         "three_regime": tr + ["--dense-run", dense_dir],
         "prune_at_init": pai + ["--init", dense_dir / "init.pt"],
         "earlycrop": ec + ["--dense-run", dense_dir],
+        "ticket_transfer": tt,
         "robustness": rob,
     }
     return {step: [str(a) for a in f] for step, f in flags.items()}, [str(a) for a in subsets]
@@ -85,7 +90,9 @@ def parse_args(argv):
     parser.add_argument("--preset", default="full", choices=("full", "quick", "smoke"),
                         help="full: the assignment as written; quick: every schedule at 1/5, about 1/7 of "
                              "the training epochs; smoke: minutes on a CPU")
-    parser.add_argument("--jobs", type=int, default=1, help="run Tasks 2, 3 and 4 in up to N processes at once")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run Tasks 2, 3, 4, three_regime, prune_at_init and ticket_transfer in up to N "
+                             "processes at once")
     parser.add_argument("--plots-dir", default="plots", help="where plot_results.py writes the figures")
     parser.add_argument("--skip", nargs="*", default=[], metavar="STEP",
                         help=f"steps to leave out, of: {', '.join(s for s, _ in STEPS)}")
@@ -93,6 +100,8 @@ def parse_args(argv):
     # The flags every entry script takes, passed on; None = the preset's or the script's default.
     common = parser.add_argument_group("passed on to every training script")
     common.add_argument("--data-dir", default=None, help="CIFAR-10 root (default: data)")
+    common.add_argument("--mnist-dir", default=None,
+                        help="MNIST root holding MNIST/raw/, for ticket_transfer (default: --data-dir)")
     common.add_argument("--no-download", action="store_true", help="never touch the network")
     common.add_argument("--train-subset", type=int, default=None, help="first N training images (0 = all)")
     common.add_argument("--test-subset", type=int, default=None, help="first N test images (0 = all)")
@@ -106,11 +115,12 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def common_flags(args, preset_subsets):
+def common_flags(args, preset_subsets, data_dir=None):
     flags = []
     for name in ("data_dir", "device", "seed"):
-        if getattr(args, name) is not None:
-            flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        value = data_dir if name == "data_dir" and data_dir is not None else getattr(args, name)
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
     subsets = dict(zip(preset_subsets[::2], preset_subsets[1::2]))
     for name in ("train_subset", "test_subset"):
         flag = f"--{name.replace('_', '-')}"
@@ -129,7 +139,9 @@ def commands(args):
     common = common_flags(args, subsets)
     out = []
     for step, _ in STEPS:
-        if step in TRAINING_STEPS:
+        if step == "ticket_transfer":  # MNIST: its own root, the CIFAR one unless given
+            argv = common_flags(args, subsets, data_dir=args.mnist_dir) + per_step[step]
+        elif step in TRAINING_STEPS:
             argv = common + per_step[step]
         elif step == "plot_results":
             argv = ["--results-dir", args.results_dir, "--plots-dir", args.plots_dir]

@@ -8,20 +8,28 @@ from pathlib import Path
 
 import torch
 
+from models.lenet import LeNet5, LeNet300
 from models.resnet import CifarResNet
 from models.vgg import VGG16_PLAN, CifarVGG
 from utils.errors import UserError
 from utils.io import load_torch
 
-# name -> ResNet depth, or the VGG plan
+# name -> ResNet depth, or the VGG plan (CIFAR-10 networks); the MNIST LeNets apart
 ARCHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "vgg16": VGG16_PLAN}
+MNIST_ARCHS = {"lenet300": LeNet300, "lenet5": LeNet5}
+DATASETS = {**{a: "cifar10" for a in ARCHS}, **{a: "mnist" for a in MNIST_ARCHS}}
 
 
-def get_model(arch="resnet20", num_classes=10, shortcut="B", widths=None):
-    """Build a CIFAR network by name; for ResNets `widths` gives the inner width of every block
-    (VGG has no shortcuts and takes no `widths`)."""
-    if arch not in ARCHS:
-        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+def get_model(arch="resnet20", num_classes=10, shortcut="B", widths=None, dataset=None):
+    """Build a model by name: a CIFAR ResNet (`widths` gives the inner width of every block), the
+    CIFAR VGG-16 (no shortcuts, no `widths`) or an MNIST LeNet. `dataset`, when given, must be
+    the one the architecture is made for."""
+    if arch not in DATASETS:
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(DATASETS)}")
+    if dataset is not None and dataset != DATASETS[arch]:
+        raise UserError(f"{arch} is made for {DATASETS[arch]}, not {dataset}")
+    if arch in MNIST_ARCHS:
+        return MNIST_ARCHS[arch](num_classes)
     if arch.startswith("vgg"):
         if widths is not None:
             raise UserError(f"{arch} takes no block widths (channel-pruned VGGs are not supported)")
@@ -43,7 +51,9 @@ def read_checkpoint(path, device="cpu", hint="python train_dense.py"):
 
 def model_from_checkpoint(ckpt, device="cpu"):
     config = ckpt.get("config") or {}
-    model = get_model(ckpt["arch"], shortcut=config.get("shortcut", "B"), widths=ckpt.get("widths"))
+    # the class count is the output layer's, so 5-way label-split LeNets rebuild too
+    num_classes = ckpt.get("num_classes") or config.get("num_classes") or 10
+    model = get_model(ckpt["arch"], num_classes, shortcut=config.get("shortcut", "B"), widths=ckpt.get("widths"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

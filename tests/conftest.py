@@ -12,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("CIFAR_SLICE", REPO.parent / "shared" / "data" / "cifar10"))
 TINY_DATA = ["--data-dir", str(DATA_DIR), "--no-download", "--device", "cpu"]
+# The MNIST slice (17,435 training, 10,000 test images), a folder holding MNIST/raw/.
+MNIST_DIR = Path(os.environ.get("MNIST_SLICE", REPO.parent / "shared" / "data" / "mnist"))
 
 
 def run_script(script, *args, check=True, timeout=600):
@@ -38,6 +40,13 @@ def data_dir():
     if not (DATA_DIR / "cifar-10-batches-py").is_dir():
         pytest.fail(f"real CIFAR-10 slice not found at {DATA_DIR} (set CIFAR_SLICE)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    if not (MNIST_DIR / "MNIST" / "raw").is_dir():
+        pytest.fail(f"real MNIST slice not found at {MNIST_DIR} (set MNIST_SLICE)")
+    return MNIST_DIR
 
 
 @pytest.fixture(scope="session")

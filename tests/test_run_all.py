@@ -7,12 +7,13 @@ import shlex
 import shutil
 import time
 
-from conftest import TINY_DATA, assert_user_error, run_script
+from conftest import MNIST_DIR, TINY_DATA, assert_user_error, run_script
 from test_plots_report import md_table
 from utils.io import load_csv
 
-STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init", "earlycrop",
-         "robustness", "plot_results", "make_report"]
+STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init",
+         "ticket_transfer", "earlycrop", "robustness", "plot_results", "make_report"]
+TRAINING = STEPS[:STEPS.index("robustness")]  # the training steps before robustness
 
 
 def dry_run(*args):
@@ -49,20 +50,28 @@ def test_presets_are_consistent_with_the_dense_run(tmp_path):
         assert flag(cmds["lottery_imp"], "--from") == [str(ck / "dense" / f"epoch_{last:03d}.pt")]
         assert flag(cmds["lottery_imp"], "--rewind") == [str(ck / "dense" / "init.pt")]
         assert flag(cmds["early_bird"], "--dense-run") == [str(ck / "dense")]
-        for step in STEPS[:6]:  # the common flags reach every training script
+        for step in TRAINING:  # the common flags reach every training script
             assert flag(cmds[step], "--checkpoint-dir") == [str(ck)]
             assert flag(cmds[step], "--results-dir") == [str(tmp_path / "r")]
         assert flag(cmds["plot_results"], "--results-dir") == [str(tmp_path / "r")]
+        assert flag(cmds["ticket_transfer"], "--epochs") == (["1"] if preset == "smoke" else ["10"])
+        assert flag(cmds["ticket_transfer"], "--rounds") == ["2"] if preset == "smoke" else \
+            "--rounds" not in cmds["ticket_transfer"]
     # full = the assignment as written: the scripts' own defaults, only the paths spelled out
     cmds = dry_run("--preset", "full")
     assert "--epochs" not in cmds["train_dense"] and "--ticket-epochs" not in cmds["early_bird"]
     assert flag(cmds["lottery_imp"], "--from") == ["checkpoints/dense/epoch_160.pt"]
     # the user's flags win over the preset's and are passed on
     cmds = dry_run("--preset", "smoke", "--train-subset", 100, "--seed", 3, "--force", "--device", "cpu")
-    for step in STEPS[:6]:
+    for step in TRAINING:
         assert flag(cmds[step], "--train-subset") == ["100"] and flag(cmds[step], "--test-subset") == ["64"]
         assert flag(cmds[step], "--seed") == ["3"] and "--force" in cmds[step]
     assert "--force" not in cmds["plot_results"] and "--force" not in cmds["make_report"]
+    # MNIST's root: --mnist-dir, else --data-dir
+    cmds = dry_run("--data-dir", "/c", "--mnist-dir", "/m")
+    assert flag(cmds["ticket_transfer"], "--data-dir") == ["/m"] and flag(cmds["train_dense"], "--data-dir") == ["/c"]
+    assert flag(dry_run("--data-dir", "/c")["ticket_transfer"], "--data-dir") == ["/c"]
+    assert "--epochs" not in dry_run("--preset", "full")["ticket_transfer"]
 
 
 def test_user_errors_are_one_line():
@@ -106,9 +115,10 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     """The one slow test: smoke preset from nothing, then again (nothing trained), then with one run's
     results deleted (only that run retrained)."""
     ck, res, plots = tmp_path / "checkpoints", tmp_path / "results", tmp_path / "plots"
-    args = ["--preset", "smoke", *TINY_DATA, "--checkpoint-dir", ck, "--results-dir", res, "--plots-dir", plots]
+    args = ["--preset", "smoke", *TINY_DATA, "--mnist-dir", MNIST_DIR, "--checkpoint-dir", ck, "--results-dir", res,
+            "--plots-dir", plots]
     t0 = time.perf_counter()
-    first = run_script("run_all.py", *args, "--jobs", 2, timeout=480)
+    first = run_script("run_all.py", *args, "--jobs", 2, timeout=600)
     first_s = time.perf_counter() - t0
     progress = _progress(first.stdout)
     assert set(progress) == set(STEPS)  # one line per step; Tasks 2-4 may finish in any order
@@ -117,6 +127,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     assert progress["earlycrop"] == (5, 0)  # crop_u, crop_s, earlycrop_u, earlycrop_s, random_s at 90%
     assert progress["three_regime"] == (8, 0)  # 2 temperatures x 2 densities x 2 copies
     assert progress["prune_at_init"] == (18, 0)  # sparsity 0 + 0.9 x (random + 4 methods x 4 ablations)
+    # 2 rounds: imp 2 archs x (3 own + 2 random); 3 experiments x 2 sides x (3 own + 2 moved + 2 random)
+    assert progress["ticket_transfer"] == (2 * 5 + 3 * 2 * 7, 0)
 
     # every results file of the contract
     for f in ["dense/trajectory.csv", "dense/summary.json", "magnitude/summary.csv", "lottery/summary.csv",
@@ -139,7 +151,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     for name in ("dense_trajectory", "magnitude_trajectories", "lottery_oneshot_trajectories",
                  "lottery_imp_trajectories", "early_bird_trajectories", "accuracy_vs_sparsity",
                  "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness",
-                 "prune_at_init_ablations", "prune_at_init_layer_density", "three_regime_epochs"):
+                 "prune_at_init_ablations", "prune_at_init_layer_density", "three_regime_epochs",
+                 "ticket_imp_accuracy", "ticket_imp_trajectories", "ticket_transfer"):
         assert (plots / f"{name}.png").is_file() and (plots / f"{name}.pdf").is_file(), name
 
     # the report carries exactly the summaries' numbers
@@ -157,10 +170,10 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     # a second run trains nothing: no summary, trajectory or trained checkpoint is rewritten
     stamps, files = _stamps(res), _files(res, ck)
     t0 = time.perf_counter()
-    second = run_script("run_all.py", *args, "--jobs", 2, timeout=300)
+    second = run_script("run_all.py", *args, "--jobs", 2, timeout=600)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    for step in STEPS[:STEPS.index("robustness")]:  # the training steps before robustness
+    for step in TRAINING:
         assert progress[step][0] == 0, (step, progress[step])
     assert _stamps(res) == stamps and _files(res, ck) == files
     # only start-up, skip checks, plots and report (a wall-clock bound: CPU load from other

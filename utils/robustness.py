@@ -36,19 +36,21 @@ def find_checkpoints(root):
     Dense runs (train_dense.py's layout, a folder with epoch_EEE.pt files): the highest epoch,
     named by the folder (`dense`). Pruned and retrained networks: every `final.pt`, named by its
     folder relative to `root` (`magnitude/sparsity_50`, `lottery/imp/sparsity_90`,
-    `early_bird/epoch_010/ratio_30`). robustness/ (this task's own runs) is left out.
+    `early_bird/epoch_010/ratio_30`). robustness/ (this task's own runs) is left out, and so is
+    ticket_transfer/ (MNIST LeNets, which CIFAR-10 attacks do not apply to).
     """
     root = Path(root)
     if not root.is_dir():
         return []
     found = []
-    for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "robustness"):
+    skip = ("robustness", "ticket_transfer")
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in skip):
         epochs = [p for p in run.glob("epoch_*.pt") if _epoch_of(p) is not None]
         if epochs:
             found.append((run.name, max(epochs, key=_epoch_of)))
     for path in sorted(root.rglob("final.pt")):
         rel = path.parent.relative_to(root)
-        if rel.parts and rel.parts[0] != "robustness":
+        if rel.parts and rel.parts[0] not in skip:
             found.append((rel.as_posix(), path))
     return found
 

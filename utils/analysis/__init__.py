@@ -12,6 +12,7 @@ from pathlib import Path
 from utils.analysis import earlycrop  # noqa: E402
 from utils.analysis import prune_at_init  # noqa: E402
 from utils.analysis import three_regime  # noqa: E402
+from utils.analysis import ticket_transfer  # noqa: E402
 from utils.analysis import early_bird, lottery, magnitude, papers, robustness, setup
 from utils.document import Doc
 from utils.plots.common import Results
@@ -26,6 +27,7 @@ SECTIONS = [
     prune_at_init.section,
     earlycrop.section,
     three_regime.section,
+    ticket_transfer.section,
 ]
 
 
