@@ -22,7 +22,7 @@ from utils.experiment import task_parser
 from utils.ticket_transfer import (ARCHS, CONTROLS, EXPERIMENTS, OPTIMIZERS, Context, check_rate_and_rounds,
                                    check_sides, experiment_config, make_sides, print_table, recipe,
                                    run_experiment, write_splits, write_summary)
-from utils.train import select_device, set_precision
+from utils.train import select_device
 
 FROM_TABLE = "(default: %(default)s, i.e. the experiment's value in the table of docs/ticket_transfer.md)"
 
@@ -68,8 +68,7 @@ def main(argv=None):
 
     # Step 1: settings and the device; MNIST from --data-dir/MNIST/raw/, every file checked.
     data_cfg, run_cfg = from_args(DataConfig, args), from_args(RunConfig, args)
-    set_precision(args.precision)
-    device = select_device(run_cfg.device)
+    device = select_device(run_cfg.device, run_cfg.deterministic)
     train, test = load_mnist(data_cfg.data_dir, not data_cfg.no_download, data_cfg.train_subset,
                              data_cfg.test_subset, device)
     print(f"MNIST: {len(train)} training and {len(test)} test images from {data_cfg.data_dir}")

@@ -18,7 +18,6 @@ from `<replay_dir>/epoch_EEE.run/resume.pt`. Callers choose the folders beside t
 outputs (EarlyCroP: `checkpoints/earlycrop/replay/`; Early-Bird: `checkpoints/<its run
 name>/replay/`), never inside the dense run's folder, which other scripts read concurrently.
 """
-import contextlib
 import json
 import math
 import shutil
@@ -27,7 +26,6 @@ from pathlib import Path
 
 from data import load_cifar10
 from models import model_from_checkpoint, prunable_weights, read_checkpoint
-from utils import train as train_mod
 from utils.config import TrainConfig
 from utils.errors import UserError
 from utils.io import load_csv
@@ -56,17 +54,6 @@ def dense_trajectory(dense_results, hint="python train_dense.py"):
 def _matches(a, b):
     """Equal to the 6 significant digits trajectory.csv keeps (its own rounding included)."""
     return math.isclose(a, b, rel_tol=2e-5, abs_tol=1e-9)
-
-
-@contextlib.contextmanager
-def _precision(name):
-    """Run with the dense run's --precision; the caller's is restored afterwards."""
-    before = train_mod._precision
-    train_mod.set_precision(name)
-    try:
-        yield
-    finally:
-        train_mod._precision = before
 
 
 def dense_weights_at(dense_run, epoch, *, dense_results, replay_dir, replay_results, data_dir,
@@ -125,12 +112,11 @@ def dense_weights_at(dense_run, epoch, *, dense_results, replay_dir, replay_resu
     (results / "summary.json").unlink(missing_ok=True)  # its checkpoint is gone: train it again
     print(f"dense run {dense_run} kept no {saved.name}: replaying its first {epoch} epochs "
           f"from init.pt into {kept}", file=sys.stderr)
-    with _precision(config.get("precision", "auto")):
-        train_run(model, train, test, hp, arch=init["arch"], config=run_config, ckpt_dir=run_dir,
-                  results_dir=results, seed=seed, save_as=[(epoch, "weights.pt")],
-                  bn_l1=float(config.get("bn_l1", 0.0)), weight_distance_ref=init_weights,
-                  checkpoint_extra={"replay_of": fingerprint}, desc=f"replay dense to epoch {epoch}",
-                  **extra)
+    train_run(model, train, test, hp, arch=init["arch"], config=run_config, ckpt_dir=run_dir,
+              results_dir=results, seed=seed, save_as=[(epoch, "weights.pt")],
+              bn_l1=float(config.get("bn_l1", 0.0)), weight_distance_ref=init_weights,
+              checkpoint_extra={"replay_of": fingerprint}, desc=f"replay dense to epoch {epoch}",
+              **extra)
 
     # The check: the replay is the dense run only if it reproduces the dense run's numbers.
     mine = next(r for r in load_csv(results / "trajectory.csv") if int(float(r["epoch"])) == epoch)
