@@ -62,7 +62,7 @@ def preset_flags(preset, checkpoint_dir):
         lot = retrain + ["--imp-rate", 0.5]
         # window 2, so the detector can fire within 4 dense epochs
         eb = retrain + ["--eb-window", 2, "--speed-batch", 8, "--speed-repeats", 1]
-        ec = retrain + ["--sparsities", 0.9, "--crop-batches", 1]
+        ec = retrain + ["--sparsities", 0.9, "--crop-batches", 1, "--timing-steps", 1]
         pai = retrain + ["--sparsities", 0, 0.9, "--score-per-class", 2]
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
         tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1]

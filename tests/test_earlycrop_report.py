@@ -72,8 +72,8 @@ def test_report_section(res, tmp_path):
     assert table.rows[1][2] == "75.25" and table.rows[1][4] == "90.0%" and table.rows[3][2] == "84.50"
     text = " ".join(" ".join(b[1]) if isinstance(b[1], list) else str(b[1]) for b in doc.blocks)
     assert "EarlyCroP-U 84.50% vs CroP-U (at init) 80.00% (+4.50 points" in text
-    assert "EarlyCroP-S +5.25 points against the best other method there (CroP-U (at init), 80.00%)" not in text
-    assert "EarlyCroP-S -4.75 points against the best other method there (CroP-U (at init), 80.00%)" in text
+    assert "EarlyCroP-S +5.25 points against the best other structured method there (CroP-S (at init), 70.00%)" in text
+    assert "EarlyCroP-U +4.50 points against the best other unstructured method there (CroP-U (at init), 80.00%)" in text
     assert "EarlyCroP-U costs 0.65x the dense run's training time for -5.50 points" in text
     assert "EarlyCroP-S keeps 5.0% of the dense parameters and 25.0% of its FLOPs, 0.25x" in text
     assert "python prune_at_init.py --methods snip" in text  # a missing baseline names its command

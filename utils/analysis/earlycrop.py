@@ -65,14 +65,15 @@ def section(doc, res):
                 items.append(f"{s:.0%}: {LABELS[early]} {acc(a['test_acc'])}% vs {LABELS[init]} "
                              f"{acc(b['test_acc'])}% ({signed(a['test_acc'] - b['test_acc'])} points for pruning "
                              f"at epoch {int(a['prune_epoch'])} instead of at init)")
-        others = [r for r in rows if abs(r["sparsity"] - s) < 1e-9 and r["method"] not in
-                  ("earlycrop_u", "earlycrop_s", "dense")]
         for early in ("earlycrop_u", "earlycrop_s"):
             a = _at(rows, early, s)
-            if a and others:
+            kind = "structured" if early == "earlycrop_s" else "unstructured"
+            others = [r for r in rows if abs(r["sparsity"] - s) < 1e-9 and r["method"] not in
+                      ("earlycrop_u", "earlycrop_s", "dense") and str(r.get("structured")) == str(a and a.get("structured"))]
+            if a and others:  # the same kind of pruning: -S against -S, -U against -U
                 best = max(others, key=lambda r: r["test_acc"])
                 items.append(f"{s:.0%}: {LABELS[early]} {signed(a['test_acc'] - best['test_acc'])} points against "
-                             f"the best other method there ({LABELS.get(best['method'], best['method'])}, "
+                             f"the best other {kind} method there ({LABELS.get(best['method'], best['method'])}, "
                              f"{acc(best['test_acc'])}%)")
             if a and dense:
                 items.append(f"{s:.0%}: {LABELS[early]} costs {a['train_seconds'] / dense['train_seconds']:.2f}x the "
