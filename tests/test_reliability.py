@@ -438,7 +438,7 @@ def test_cudnn_autotuning_unless_deterministic(monkeypatch):
 
 def test_no_code_refers_to_the_shared_folder():
     repo = Path(__file__).resolve().parents[1]
+    needle = "shared/" + "interface"  # spelled apart so this file does not match itself
     offenders = [str(p.relative_to(repo)) for p in repo.rglob("*.py")
-                 if "shared/interface" in p.read_text(encoding="utf-8")
-                 and p.name != "test_reliability.py"]
+                 if needle in p.read_text(encoding="utf-8")]
     assert offenders == []
