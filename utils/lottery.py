@@ -69,11 +69,6 @@ def imp_zero_counts(schedule, targets, n, rate):
     return counts
 
 
-def imp_epochs(targets, rate, epochs):
-    """Training epochs IMP costs on top of the dense run: rounds × epochs."""
-    return len(imp_schedule(targets, rate)) * epochs
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints, masks, rewinding and the controls.
 
