@@ -13,7 +13,7 @@ from utils.analysis.three_regime import best_per_density, heating_effect, sectio
 from utils.io import save_csv
 from utils.plots import Results
 from utils.plots.three_regime import FIGURES, boundaries, three_regime_figure
-from utils.report import Doc
+from utils.document import Doc
 from utils.three_regime import SUMMARY_COLUMNS
 
 TEMPS = [10, 50, 160]  # 10 epochs is the hottest

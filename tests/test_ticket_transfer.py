@@ -461,7 +461,7 @@ def test_figures_plot_the_summary(transfer_run):
 def test_report_section_numbers(transfer_run, tmp_path):
     from utils.analysis.ticket_transfer import section
     from utils.plots import Results
-    from utils.report import Doc
+    from utils.document import Doc
 
     doc = Doc()
     section(doc, Results(transfer_run["root"] / "results"))

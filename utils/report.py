@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from utils.analysis import build_doc  # noqa: E402
 from utils.analysis.setup import title  # noqa: E402
-from utils.document import Doc, Table, render_pdf, to_markdown  # noqa: E402,F401
+from utils.document import render_pdf, to_markdown  # noqa: E402
 from utils.document import FIGURE_DPI  # noqa: E402
 from utils.io import _atomic_write, save_text  # noqa: E402
 from utils.plots import FIGURES, Results, build_figure  # noqa: E402
