@@ -2,7 +2,6 @@
 and its Markdown twin report.md (utils/document), written atomically.
 
 Every number in the report is computed by the analysis from the CSV/JSON files; none is typed in.
-`Doc` and `Table` are importable from here too, for section modules written against this name.
 """
 import io
 from pathlib import Path
