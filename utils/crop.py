@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from models import prunable_weights
 from utils.errors import UserError
-from utils.pruning import num_to_prune
+from utils.pruning import global_score_mask, num_to_prune
 from utils.train import cpu_generator
 
 
@@ -121,23 +121,16 @@ def random_channel_scores(model, seed):
 # --- masks from scores --------------------------------------------------------------------------
 
 def score_mask(scores, sparsity, mask=None):
-    """Exact global top-k: prune exactly round(s·N) weights, the lowest scores first, ties by
-    position (layer order, then flat index); entries `mask` already prunes stay pruned."""
-    flat = torch.cat([s.detach().double().cpu().flatten() for s in scores.values()])
+    """Exact global top-k (`utils.pruning.global_score_mask`): exactly round(s·N) weights pruned,
+    the lowest scores first, ties by position; entries `mask` already prunes stay pruned (they
+    score −1, below every CroP score, which are >= 0)."""
     if mask is not None:
-        flat[torch.cat([m.cpu().flatten() for m in mask.values()]) == 0] = -1.0  # scores are >= 0
-    k = num_to_prune(sparsity, flat.numel())
-    if mask is not None:
-        already = int((flat == -1.0).sum())
-        if already > k:
+        already = sum(int((m == 0).sum()) for m in mask.values())
+        if already > num_to_prune(sparsity, sum(t.numel() for t in scores.values())):
             raise UserError(f"the mask already prunes {already} weights, more than sparsity {sparsity} allows")
-    keep = torch.ones_like(flat)
-    keep[torch.argsort(flat, stable=True)[:k]] = 0
-    out, start = {}, 0
-    for n, s in scores.items():
-        out[n] = keep[start:start + s.numel()].view(s.shape).float()
-        start += s.numel()
-    return out
+        scores = {n: t.detach().double().cpu().masked_fill(mask[n].cpu().reshape(t.shape) == 0, -1.0)
+                  for n, t in scores.items()}
+    return global_score_mask(scores, sparsity)
 
 
 def step_schedule(sparsity):
