@@ -36,14 +36,15 @@ def find_checkpoints(root):
     Dense runs (train_dense.py's layout, a folder with epoch_EEE.pt files): the highest epoch,
     named by the folder (`dense`). Pruned and retrained networks: every `final.pt`, named by its
     folder relative to `root` (`magnitude/sparsity_50`, `lottery/imp/sparsity_90`,
-    `early_bird/epoch_010/ratio_30`). robustness/ (this task's own runs) is left out, and so is
-    ticket_transfer/ (MNIST LeNets, which CIFAR-10 attacks do not apply to).
+    `early_bird/epoch_010/ratio_30`). robustness/ (this task's own runs) is left out, and so are
+    ticket_transfer/ (MNIST LeNets, which CIFAR-10 attacks do not apply to) and three_regime/
+    (hundreds of retrained copies on the paper grid; their question is connectivity, not robustness).
     """
     root = Path(root)
     if not root.is_dir():
         return []
     found = []
-    skip = ("robustness", "ticket_transfer")
+    skip = ("robustness", "ticket_transfer", "three_regime")
     for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in skip):
         epochs = [p for p in run.glob("epoch_*.pt") if _epoch_of(p) is not None]
         if epochs:
