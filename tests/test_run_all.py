@@ -152,13 +152,15 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
                  "lottery_imp_trajectories", "early_bird_trajectories", "accuracy_vs_sparsity",
                  "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness",
                  "prune_at_init_ablations", "prune_at_init_layer_density", "three_regime_epochs",
-                 "ticket_imp_accuracy", "ticket_imp_trajectories", "ticket_transfer"):
+                 "ticket_imp_accuracy", "ticket_imp_trajectories", "ticket_transfer", "earlycrop_accuracy",
+                 "earlycrop_detector"):
         assert (plots / f"{name}.png").is_file() and (plots / f"{name}.pdf").is_file(), name
 
     # the report carries exactly the summaries' numbers
     md = (res / "report.md").read_text()
     _, rows = md_table(md, "magnitude")
-    assert [r[:4] for r in rows] == [[f"{100 * float(r['sparsity']):g}%", f"{float(r['dense_acc']):.2f}",
+    # the 0% row is labelled "0% (dense, fine-tuned)" in the report
+    assert [[r[0].split(" (")[0], *r[1:4]] for r in rows] == [[f"{100 * float(r['sparsity']):g}%", f"{float(r['dense_acc']):.2f}",
                                       f"{float(r['pruned_acc']):.2f}", f"{float(r['retrained_acc']):.2f}"]
                                      for r in load_csv(res / "magnitude" / "summary.csv")]
     _, rows = md_table(md, "early_bird")

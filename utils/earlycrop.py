@@ -116,10 +116,8 @@ def dense_seconds_until(dense_rows, epoch):
 
 
 def _load_summary(path):
-    try:
-        return load_json(path)
-    except (OSError, ValueError):
-        return None
+    """Another script's JSON output, or None while that script has not run (damaged: exit 2)."""
+    return load_json(path) if Path(path).is_file() else None
 
 
 def other_rows(sparsity, checkpoint_dir, results_dir, dense_run, dense_rows):
