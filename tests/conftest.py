@@ -2,12 +2,14 @@
 
 Tests never download: every script is pointed at the slice with --no-download.
 """
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("CIFAR_SLICE", REPO.parent / "shared" / "data" / "cifar10"))
@@ -62,3 +64,15 @@ def tiny_dense(tmp_path_factory, data_dir):
                "--epochs", 3, "--milestones", 2, "--save-epochs", 1, 2, 3,
                "--checkpoint-dir", ckpt, "--results-dir", res)
     return {"root": root, "checkpoints": ckpt, "results": res, "run": ckpt / "dense"}
+
+
+@torch.no_grad()
+def masked_model(model, keep):
+    """The reference for channel surgery: a copy of `model` with the pruned channels' γ and β
+    set to zero (what utils.channels.compact_model must reproduce exactly in eval mode)."""
+    out = copy.deepcopy(model)
+    for block, m in zip(out.blocks(), keep):
+        drop = ~m.to(block.bn1.weight.device)
+        block.bn1.weight[drop] = 0
+        block.bn1.bias[drop] = 0
+    return out.eval()

@@ -5,8 +5,9 @@ import torch
 
 from data import FOLDER, TEST_FILES, read_batches, to_pixels
 from models import count_params, get_model
+from conftest import masked_model
 from utils.channels import (block_gammas, compact_model, count_flops, forward_seconds,
-                            masked_model, prunable_bn_names, select_channels, threshold_masks)
+                            prunable_bn_names, select_channels, threshold_masks)
 from utils.train import seeded
 
 RESNET20_BNS = [f"layer{s}.{i}.bn1" for s in (1, 2, 3) for i in range(3)]

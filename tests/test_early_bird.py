@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import early_bird
-from conftest import TINY_DATA, assert_user_error, run_script
+from conftest import TINY_DATA, assert_user_error, masked_model, run_script
 from data import load_cifar10
 from models import count_params, load_checkpoint
-from utils.channels import count_flops, masked_model, select_channels, block_gammas
+from utils.channels import count_flops, select_channels, block_gammas
 from utils.early_bird import detect, write_detection
 from utils.io import load_csv
 from utils.train import evaluate

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import earlycrop
-from conftest import REPO, TINY_DATA, assert_user_error, run_script
+from conftest import REPO, TINY_DATA, assert_user_error, masked_model, run_script
 from models import load_checkpoint, model_from_checkpoint, prunable_weights, read_checkpoint
-from utils.channels import masked_model, select_channels
+from utils.channels import select_channels
 from utils.crop import channel_gate_scores, score_batches_on
 from utils.io import load_csv, save_csv
 

@@ -154,18 +154,6 @@ def compact_model(model, keep):
 
 
 @torch.no_grad()
-def masked_model(model, keep):
-    """A copy of `model` with the pruned channels' γ and β set to zero (what compact_model
-    must reproduce exactly in eval mode)."""
-    out = copy.deepcopy(model)
-    for block, m in zip(out.blocks(), keep):
-        drop = ~m.to(block.bn1.weight.device)
-        block.bn1.weight[drop] = 0
-        block.bn1.bias[drop] = 0
-    return out.eval()
-
-
-@torch.no_grad()
 def count_flops(model, image_size=32):
     """Forward FLOPs of one image, counted by torch.utils.flop_counter (convolutions and
     matrix products, 2 FLOPs per multiply-add; BatchNorm, ReLU and additions are not counted)."""

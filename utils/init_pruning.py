@@ -19,10 +19,10 @@ from models import get_model, model_from_checkpoint, prunable_weights
 from models.resnet import Normalize
 from utils.errors import UserError
 from utils.experiment import pct_name
-from utils.io import load_csv, save_csv, save_json
+from utils.io import load_csv, load_torch, save_csv, save_json
 from utils.lottery import reinitialised, write_mask
 from utils.pruning import apply_mask, global_count_mask, global_score_mask, num_to_prune, sparsity_report
-from utils.train import checkpoint, cpu_generator, seeded, train_run
+from utils.train import checkpoint, cpu_generator, plan_run, seeded, train_run
 
 METHODS = ("random", "magnitude", "snip", "grasp", "synflow")
 ABLATIONS = ("original", "shuffle", "reinit", "invert")
@@ -31,6 +31,7 @@ GRASP_TEMPERATURE = 200  # logits ÷ 200 before the loss, as Wang et al. and Ope
 DENSE_METHOD = "none"  # the one shared sparsity-0 run
 SUMMARY_COLUMNS = ["method", "ablation", "sparsity", "start_acc", "final_acc", "zeros", "prunable",
                    "epochs", "score_seconds"]
+RUN_OUTPUTS = ("mask.pt", "start.pt", "final.pt")  # what a finished run's folder holds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,16 +235,24 @@ def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model
 
     checkpoints/<run>/<method>/<ablation>/sparsity_<s>/{mask.pt,start.pt,final.pt},
     results/<run>/…/{trajectory.csv,summary.json,sparsity_report.json}. A finished run is
-    skipped, an interrupted one resumes (train_run); a stale mask.pt is refused (write_mask).
+    skipped and an interrupted one resumes with the mask.pt it started with (`plan_run` decides).
     """
     folder = run_folder(run_name, method, ablation, sparsity)
     ckpt_dir, results_dir = setup.checkpoint_dir / folder, setup.results_dir / folder
-    write_mask(ckpt_dir / "mask.pt", mask, setup.run.force)
+    config = run_config(config, method, ablation, sparsity)
+    plan = plan_run(ckpt_dir, results_dir, config, RUN_OUTPUTS, setup.run.force)
+    mask_path = ckpt_dir / "mask.pt"
+    if plan.action in ("skip", "resume") and mask_path.is_file():
+        # The run keeps the mask it started with. Its inputs are pinned by the config (init
+        # fingerprint, score settings, data); SNIP/GraSP scores recomputed with another thread
+        # count can differ in the last fp32 bits and flip near-ties, which must not stop a rerun.
+        mask = load_torch(mask_path, "delete it, or rerun with --force to redo this run")
+    else:
+        write_mask(mask_path, mask, force=True)
     epochs = setup.hp.epochs
     summary = train_run(
-        model, setup.train, setup.test, setup.hp, arch=arch,
-        config=run_config(config, method, ablation, sparsity), ckpt_dir=ckpt_dir,
-        results_dir=results_dir, seed=setup.run.seed, force=setup.run.force,
+        model, setup.train, setup.test, setup.hp, arch=arch, config=config, ckpt_dir=ckpt_dir,
+        results_dir=results_dir, seed=setup.run.seed, force=plan.fresh, outputs=RUN_OUTPUTS,
         save_as=[(0, "start.pt"), (epochs, "final.pt")], mask=mask, checkpoint_extra=checkpoint_extra,
         desc=f"{method} {ablation} {100 * sparsity:g}%", **setup.train_kwargs())
     report = sparsity_report(mask)
