@@ -133,12 +133,6 @@ def apply_mask(model, mask):
     return model
 
 
-def sparsity(mask):
-    """Overall fraction of entries removed."""
-    zeros = sum(int((m == 0).sum()) for m in mask.values())
-    return zeros / sum(m.numel() for m in mask.values())
-
-
 def sparsity_report(mask):
     """Per-layer and overall counts, JSON-ready."""
     layers = {n: {"total": m.numel(), "zeros": int((m == 0).sum()),
