@@ -172,15 +172,16 @@ def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
     # a second run trains nothing: no summary, trajectory or trained checkpoint is rewritten
     stamps, files = _stamps(res), _files(res, ck)
     t0 = time.perf_counter()
-    second = run_script("run_all.py", *args, "--jobs", 2, timeout=600)
+    # (plots and report were checked above; they read results only, so the second run leaves them out)
+    second = run_script("run_all.py", *args, "--jobs", 2, "--skip", "plot_results", "make_report", timeout=600)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
     for step in TRAINING:
         assert progress[step][0] == 0, (step, progress[step])
     assert _stamps(res) == stamps and _files(res, ck) == files
-    # only start-up, skip checks, plots and report (a wall-clock bound: CPU load from other
-    # processes makes a ratio to the first run unreliable)
-    assert second_s < 200, (second_s, first_s)
+    # only start-up and skip checks (a wall-clock bound: CPU load from other processes makes a
+    # ratio to the first run unreliable)
+    assert second_s < 150, (second_s, first_s)
 
     # deleting one run's results redoes that run only
     shutil.rmtree(res / "magnitude" / "sparsity_70")
