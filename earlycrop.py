@@ -28,7 +28,7 @@ from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import _fmt, load_csv, load_json, save_csv, save_json, save_torch
 from utils.pruning import apply_mask, weights_fingerprint
-from utils.train import checkpoint, finished_summary, train_run
+from utils.train import checkpoint, plan_run, train_run
 
 
 def parse_args(argv):
@@ -149,7 +149,9 @@ def main(argv=None):
             ck_dir, res_dir = ckpt_root / sub, res_root / sub
             config = setup.config(arch=arch, shortcut=shortcut, dense_init=init_fingerprint, method=method,
                                   sparsity=s, prune_epoch=epoch, crop_batches=args.crop_batches)
-            if finished_summary(res_dir, config, setup.run.force) is not None:
+            outputs = ["start.pt", "final.pt", "scores.pt", "compact.pt" if method in STRUCTURED else "mask.pt"]
+            plan = plan_run(ck_dir, res_dir, config, outputs, setup.run.force)  # skip/resume/redo
+            if plan.skip:
                 print(f"{method} sparsity {s:g}: finished already ({res_dir / 'summary.json'}); "
                       "--force redoes it", file=sys.stderr)
             else:
@@ -177,7 +179,7 @@ def main(argv=None):
                     save_torch(scores, ck_dir / "scores.pt")
                     save_torch(mask, ck_dir / "mask.pt")
                 train_run(model, setup.train, setup.test, setup.hp, arch=arch, config=config, seed=seed,
-                          ckpt_dir=ck_dir, results_dir=res_dir, force=setup.run.force, mask=mask,
+                          ckpt_dir=ck_dir, results_dir=res_dir, force=plan.fresh, mask=mask, outputs=outputs,
                           save_as=[(0, "start.pt"), (setup.hp.epochs, "final.pt")],
                           checkpoint_extra=dict(extra, prune_epoch=epoch),
                           desc=f"{method} sparsity {s:g}", **setup.train_kwargs())

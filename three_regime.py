@@ -30,7 +30,7 @@ from utils.lottery import checkpoint_label, write_mask
 from utils.pruning import apply_mask, weights_fingerprint
 from utils.three_regime import (AXES, GRIDS, SUMMARY_COLUMNS, assign_regimes, check_epoch_checkpoints,
                                 check_grid, conv_density_mask, conv_weights, dense_hp, density_name,
-                                measure_pair, redo_missing, summary_row, temperature_name)
+                                measure_pair, summary_row, temperature_name)
 from utils.train import checkpoint, evaluate, train_run
 
 
@@ -116,7 +116,7 @@ def main(argv=None):
                 "init_fingerprint": weights_fingerprint(init_ckpt["model"])}
             train_run(model_from_checkpoint(init_ckpt, device), setup.train, setup.test, b_hp, arch=arch,
                       config=b_config, ckpt_dir=ckpt_root / temp_name, results_dir=res_root / temp_name,
-                      seed=seed, force=force or redo_missing(res_root / temp_name, source_path),
+                      seed=seed, force=force,
                       save_as=[(b_hp.epochs, "dense.pt")], desc=f"dense batch {temperature}")
         source_ckpt = read_checkpoint(source_path, hint=hint)
         source = model_from_checkpoint(source_ckpt, device)
@@ -145,7 +145,7 @@ def main(argv=None):
                 summaries.append(train_run(
                     apply_mask(model_from_checkpoint(source_ckpt, device), mask), setup.train, setup.test, hp,
                     arch=arch, config=dict(config, copy=k), ckpt_dir=copy_ckpt, results_dir=cell_res / f"copy_{k}",
-                    seed=seed, force=force or redo_missing(cell_res / f"copy_{k}", copy_ckpt / "final.pt"),
+                    seed=seed, force=force,
                     stream=f"copy{k}",
                     save_as=[(0, "start.pt"), (hp.epochs, "final.pt")], mask=mask,
                     desc=f"{temp_name} {density_name(density)} copy {k}"))

@@ -402,12 +402,18 @@ def test_adam_vs_sgd_sides_and_constant_lr(transfer_run):
     assert imp_cfg["optimizer"] == "adam" and imp_cfg["batch_size"] == 60 and imp_cfg["prune_rate"] == 0.3
 
 
-def test_rerun_skips_finished_work(transfer_run):
+def test_rerun_skips_finished_work_and_redoes_a_lost_final(transfer_run):
     before = (transfer_run["res"] / "summary.csv").read_text()
+    # round 1's own ticket lost its final.pt (round 2's mask comes from it): that run alone is redone
+    lost = transfer_run["ckpt"] / "data" / "lenet300" / "imp_half1_on_half1" / "round_01" / "final.pt"
+    weights = load(lost)
+    lost.unlink()
     proc = run_script("ticket_transfer.py", *transfer_run["args"][:-4], "--experiments", "data",
                       *transfer_run["args"][-4:])
-    assert proc.stderr.count("finished already") == 2 * (3 + 3 * 2)
+    assert proc.stderr.count("finished already") == 2 * (3 + 3 * 2) - 1
     assert "resuming" not in proc.stderr
+    redone = load(lost)
+    assert all(torch.equal(weights["model"][k], redone["model"][k]) for k in weights["model"])  # same seed
     assert (transfer_run["res"] / "summary.csv").read_text() == before  # other rows kept
 
 

@@ -375,9 +375,3 @@ def dense_hp(hp, dense_config, batch_size):
                        momentum=dense_config.get("momentum", hp.momentum),
                        weight_decay=dense_config.get("weight_decay", hp.weight_decay),
                        milestones=milestones, precision=hp.precision)
-
-
-def redo_missing(results_dir, ckpt_path):
-    """A run that finished (summary.json) but whose checkpoint is gone must run again; an
-    interrupted one (no summary) resumes instead."""
-    return (Path(results_dir) / "summary.json").is_file() and not Path(ckpt_path).is_file()

@@ -250,8 +250,6 @@ class Context:
         return (summary row, path of final.pt)."""
         folder = folder_name(ticket, mask_from, side.name, round_no)
         ckpt_dir, results_dir = self.ckpt_root / folder, self.results_root / folder
-        # a finished run whose final.pt is gone is redone: later rounds need that file
-        force = self.force or ((results_dir / "summary.json").is_file() and not (ckpt_dir / "final.pt").is_file())
         write_mask(ckpt_dir / "mask.pt", mask, self.force)
         if ticket == "reinit":  # same mask, fresh initialisation from its own stream
             model = apply_mask(self.new_model("reinit").to(self.device), mask)
@@ -262,7 +260,7 @@ class Context:
                       test_images=len(side.test))
         summary = train_run(
             model, side.train, side.test, self.hp, arch=self.arch, config=config, ckpt_dir=ckpt_dir,
-            results_dir=results_dir, seed=self.seed, force=force,
+            results_dir=results_dir, seed=self.seed, force=self.force,  # a lost final.pt: redone (plan_run)
             save_as=[(0, "start.pt"), (self.hp.epochs, "final.pt")], mask=mask,
             checkpoint_extra={"num_classes": self.num_classes},
             desc=f"{self.experiment} {self.arch} {folder.parent.name} round {round_no}",
