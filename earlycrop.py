@@ -22,7 +22,7 @@ from utils.crop import (channel_gate_scores, crop_scores, detect_prune_epoch, dr
                         random_channel_scores, score_batches_on, score_mask, step_schedule)
 from utils.dense_run import dense_trajectory, dense_weights_at
 from utils.early_bird import dense_hint
-from utils.earlycrop import (AT_INIT, MEASURED, METHODS, STRUCTURED, SUMMARY_COLUMNS, dense_seconds_until,
+from utils.earlycrop import (own_row, AT_INIT, MEASURED, METHODS, STRUCTURED, SUMMARY_COLUMNS, dense_seconds_until,
                              full_prunable, measure, other_rows)
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
@@ -214,17 +214,6 @@ def main(argv=None):
 def fmt(v):
     """A value as summary.csv writes it (to compare with the rows read back)."""
     return str(_fmt(v))
-
-
-def own_row(method, s, epoch, ck_dir, res_dir, dense_rows):
-    """One of this script's rows (all but the measured columns), from summary.json and final.pt."""
-    summary = load_json(res_dir / "summary.json")
-    final = read_checkpoint(ck_dir / "final.pt", hint=f"python earlycrop.py --methods {method} --force")
-    row = {"method": method, "structured": method in STRUCTURED, "sparsity": s,
-           "test_acc": summary["test_acc"], "prune_epoch": epoch,
-           "train_seconds": dense_seconds_until(dense_rows, epoch) + final.get("score_seconds", 0.0)
-           + summary["seconds"], "source": str(res_dir / "summary.json")}
-    return row
 
 
 def print_row(row):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models import count_params, get_model, model_from_checkpoint, prunable_weights
+from models import count_params, get_model, model_from_checkpoint, prunable_weights, read_checkpoint
 from utils.channels import count_flops
 from utils.experiment import pct_name
 from utils.io import load_json
@@ -171,3 +171,14 @@ def other_rows(sparsity, checkpoint_dir, results_dir, dense_run, dense_rows):
         missing.append(("ltr", f"python lottery_imp.py --mode imp --sparsities {sparsity:g} "
                                f"--rewind {Path(dense_run) / 'epoch_010.pt'}"))
     return found, missing
+
+
+def own_row(method, s, epoch, ck_dir, res_dir, dense_rows):
+    """One of this script's rows (all but the measured columns), from summary.json and final.pt."""
+    summary = load_json(res_dir / "summary.json")
+    final = read_checkpoint(ck_dir / "final.pt", hint=f"python earlycrop.py --methods {method} --force")
+    row = {"method": method, "structured": method in STRUCTURED, "sparsity": s,
+           "test_acc": summary["test_acc"], "prune_epoch": epoch,
+           "train_seconds": dense_seconds_until(dense_rows, epoch) + final.get("score_seconds", 0.0)
+           + summary["seconds"], "source": str(res_dir / "summary.json")}
+    return row
