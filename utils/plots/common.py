@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from utils.errors import UserError  # noqa: E402
 from utils.io import _atomic_write, load_json  # noqa: E402
+from utils.replicates import mean_json, mean_rows, seed_folders  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,22 +59,51 @@ def ratio_key(fraction):
 
 @dataclass
 class Results:
-    """Everything under one results folder that the figures and the report read."""
+    """Everything under one results folder that the figures and the report read.
+
+    A folder of `seed_<s>` replicates (run_all.py --seeds) reads as their average: `csv`, `json`,
+    `trajectories` and `runs` return `MeanRow`s (means, with `.sd` and `.n` per averaged column;
+    utils/replicates.py), so code written for one seed reads the means unchanged. `replicates` are
+    the per-seed `Results` ([self] for a one-seed folder) and `per_seed(fn)` applies `fn` to each,
+    in seed order: the paired values a comparison needs (utils/noise.py).
+    """
 
     root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        folders = seed_folders(self.root)
+        self.seeds = list(folders)
+        self.replicates = [Results(p) for p in folders.values()] or [self]
+
+    @property
+    def multi_seed(self):
+        return bool(self.seeds)
+
+    def per_seed(self, fn):
+        """[fn(replicate) for each seed's Results]; [fn(self)] for a one-seed folder."""
+        return [fn(r) for r in self.replicates]
 
     def path(self, *parts):
         return self.root.joinpath(*parts)
 
     def json(self, *parts):
+        if self.multi_seed:
+            return mean_json([r.json(*parts) for r in self.replicates])
         p = self.path(*parts)
         return load_json(p) if p.is_file() else None
 
     def csv(self, *parts):
+        if self.multi_seed:
+            return mean_rows([r.csv(*parts) for r in self.replicates], "/".join(parts))
         return read_csv(self.path(*parts))
 
     def trajectories(self, pattern):
         """{relative folder: rows} for every trajectory.csv matching `pattern` (a glob)."""
+        if self.multi_seed:
+            per_seed = [r.trajectories(pattern) for r in self.replicates]
+            folders = dict.fromkeys(f for t in per_seed for f in t)
+            return {f: mean_rows([t[f] for t in per_seed if f in t], "trajectory.csv") for f in folders}
         out = {}
         for p in sorted(self.root.glob(f"{pattern}/trajectory.csv")):
             rows = read_csv(p)
@@ -111,7 +141,10 @@ class Results:
         return self.csv("robustness", "summary.csv")
 
     def mask_distances(self):
-        """{ratio (fraction): (epochs, matrix)} from every early_bird/mask_distance*.csv."""
+        """{ratio (fraction): (epochs, matrix)} from every early_bird/mask_distance*.csv (several
+        seeds: the first seed's, since each seed's detector sees its own epochs)."""
+        if self.multi_seed:
+            return self.replicates[0].mask_distances()
         out = {}
         for p in sorted(self.path("early_bird").glob("mask_distance*.csv")):
             m = re.search(r"(\d+(?:\.\d+)?)", p.stem)
@@ -123,6 +156,10 @@ class Results:
 
     def runs(self, task):
         """{folder: summary.json} of every finished run under results/<task>/."""
+        if self.multi_seed:
+            per_seed = [r.runs(task) for r in self.replicates]
+            folders = dict.fromkeys(f for runs in per_seed for f in runs)
+            return {f: mean_json([runs.get(f) for runs in per_seed]) for f in folders}
         return {p.parent.relative_to(self.root).as_posix(): load_json(p)
                 for p in sorted(self.path(task).rglob("summary.json"))} if self.path(task).is_dir() else {}
 
