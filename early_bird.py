@@ -15,6 +15,7 @@ path: moving the checkpoint folder (and passing the new --checkpoint-dir) keeps 
 finished. summary.csv keeps the rows of earlier commands for other (epoch, ratio) pairs, and a
 rerun of a finished command re-times nothing and writes no file (timings live in speed.json).
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 import sys
 from pathlib import Path
 

@@ -10,6 +10,7 @@ Writes checkpoints/earlycrop/<method>/sparsity_<s>/{mask.pt|compact.pt,start.pt,
 checkpoints/earlycrop/score_batches.pt, results/earlycrop/<method>/sparsity_<s>/,
 results/earlycrop/detection.json and results/earlycrop/summary.csv; see docs/earlycrop.md.
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 import sys
 import time
 from pathlib import Path

@@ -15,6 +15,7 @@ Which layers are pruned: by default every Conv2d and Linear weight, the classifi
 open_lth leaves the classifier of its CIFAR ResNets whole; `--ignore-layers linear` does the same
 here (ignored layers are absent from mask.pt; sparsities count the remaining layers' weights).
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 from pathlib import Path
 
 from data import load_from_config

@@ -12,6 +12,7 @@ checkpoints/<run>/{score_batch.pt,<method>/scores.pt}, results/<run>/<method>/<a
 sparsity_<s>/{trajectory.csv,summary.json,sparsity_report.json} and results/<run>/summary.csv;
 see docs/prune_at_init.md.
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 import time
 from pathlib import Path
 

@@ -18,6 +18,7 @@ CIFAR ResNets out of pruning; `--ignore-layers linear` does the same here. Ignor
 absent from mask.pt and kept whole; the sparsity is then the fraction of the remaining layers'
 weights removed (as in open_lth), and `prunable` in summary.csv counts those weights only.
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 from pathlib import Path
 
 from models import load_checkpoint, model_from_checkpoint, prunable_weights

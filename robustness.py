@@ -17,6 +17,7 @@ results/robustness/{summary.csv, tickets.csv}; see docs/robustness.md. A ticket 
 hash of the dense weights its mask came from (mask_source_sha256) and is reused only when they
 match; an interrupted run resumes after its last epoch.
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 import sys
 
 from models import ARCHS, get_model, load_checkpoint, prunable_weights

@@ -14,6 +14,7 @@ and the cell's regime (I, II-A, II-B). Writes checkpoints/three_regime/<axis>/<t
 trajectory.csv, lmc_<i>_<j>.csv, pairs.json}, results/three_regime/<axis>/{summary.csv,
 regimes.json}; see docs/three_regime.md.
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 import itertools
 from pathlib import Path
 

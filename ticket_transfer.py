@@ -13,6 +13,7 @@ round_<RR>/{mask.pt,start.pt,final.pt}}, the same folders under results/ (trajec
 summary.json), results/ticket_transfer/<experiment>/splits.json and
 results/ticket_transfer/summary.csv; see docs/ticket_transfer.md.
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 from pathlib import Path
 
 from data import load_mnist

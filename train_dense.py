@@ -7,6 +7,7 @@ Writes checkpoints/<run>/{init.pt, epoch_010.pt, ..., bn_history.pt} and
 results/<run>/{trajectory.csv, summary.json}; see docs/train_dense.md. --save-epochs beyond
 --epochs is an error, not ignored.
 """
+import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
 from models import ARCHS, get_model, prunable_weights
 from utils.errors import UserError, cli_main
 from utils.experiment import task_parser, task_setup

@@ -12,6 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import utils.runtime  # noqa: E402,F401  (before torch: CPU threads, OpenMP wait policy)
+
 from bench import public_recipe  # noqa: E402
 from models import get_model  # noqa: E402
 from utils.errors import cli_main  # noqa: E402

@@ -5,16 +5,20 @@ images in a DataLoader with 2 workers, NCHW float32, SGD, `.item()` per step: wh
 ResNet-20 repositories (e.g. akamaster/pytorch_resnet_cifar10) run. It reads the same images and
 builds the same ResNet-20 so that only the data path and the training step differ.
 """
+import sys
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script (serve mode)
 
-from models import get_model
-from models.resnet import CIFAR10_MEAN, CIFAR10_STD
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torchvision import transforms  # noqa: E402
+
+from models import get_model  # noqa: E402
+from models.resnet import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 
 
 class ArrayDataset(Dataset):
@@ -94,3 +98,42 @@ def train(train_split, test_split, epochs, milestones, seed=0, lr=0.1, batch_siz
         accuracy = evaluate(model, test_loader)
         history.append((time.perf_counter() - t0, accuracy))
     return history
+
+
+def serve(args):
+    """Timing server for bench/throughput.py: builds the recipe once, then for each stdin line
+    `<steps>` prints one JSON line {"step_seconds", "epoch_seconds"} (steps timed, then one full
+    epoch plus the test evaluation). Runs in its own process so that it keeps PyTorch's default
+    OpenMP settings, as users run it."""
+    import json
+    import sys
+
+    from data import load_cifar10
+
+    train, test = load_cifar10(args.data_dir, download=False, train_subset=args.train_subset,
+                               test_subset=args.test_subset)
+    model = public_model(args.arch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    train_loader, test_loader = loaders(train, test, args.batch_size)
+    train_epoch(model, optimizer, train_loader, max_steps=args.warmup)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        steps = int(line)
+        t0 = time.perf_counter()
+        train_epoch(model, optimizer, train_loader, max_steps=steps)
+        step_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        train_epoch(model, optimizer, train_loader)
+        evaluate(model, test_loader)
+        print(json.dumps({"step_seconds": step_seconds, "epoch_seconds": time.perf_counter() - t0}), flush=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="timing server for bench/throughput.py --compare-public")
+    for flag, kind, default in (("--data-dir", str, "data"), ("--train-subset", int, 0), ("--test-subset", int, 0),
+                                ("--arch", str, "resnet20"), ("--batch-size", int, 128), ("--lr", float, 0.1),
+                                ("--warmup", int, 5)):
+        p.add_argument(flag, type=kind, default=default)
+    serve(p.parse_args())

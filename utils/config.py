@@ -47,6 +47,9 @@ class TrainConfig:
     precision: str = _f("auto", "bf16 autocast with fp32 master weights, or fp32; auto = bf16 only "
                         "with native bf16: CUDA GPUs of compute capability >= 8.0 and CPUs with "
                         "AVX512-BF16/AMX", choices=("auto", "fp32", "bf16"))
+    compile: str = _f("auto", "torch.compile the training step and the evaluation (CUDA graphs on a GPU); "
+                      "auto = on for CUDA, off on a CPU, where compiling costs more than it saves "
+                      "(bench/README.md); not part of a run's identity", choices=("auto", "on", "off"))
 
     def validate(self):
         if self.epochs < 0:

@@ -374,4 +374,4 @@ def dense_hp(hp, dense_config, batch_size):
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.1,
                        momentum=dense_config.get("momentum", hp.momentum),
                        weight_decay=dense_config.get("weight_decay", hp.weight_decay),
-                       milestones=milestones, precision=hp.precision)
+                       milestones=milestones, precision=hp.precision, compile=hp.compile)

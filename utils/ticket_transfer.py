@@ -72,7 +72,7 @@ def recipe(experiment, arch, args):
     hp = TrainConfig(epochs=e.epochs[arch] if args.epochs is None else args.epochs,
                      batch_size=e.batch_size if args.batch_size is None else args.batch_size,
                      lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                     milestones=tuple(args.milestones), precision=args.precision)
+                     milestones=tuple(args.milestones), precision=args.precision, compile=args.compile)
     hp.validate()
     rate = e.prune_rate[arch] if args.prune_rate is None else args.prune_rate
     rounds = e.rounds if args.rounds is None else args.rounds

@@ -40,12 +40,13 @@ from tqdm.auto import tqdm
 
 from models import count_params, prunable_weights
 from utils.errors import UserError
+from utils.inference import folded
 from utils.io import load_json, load_torch, save_csv, save_json, save_torch
 
 TRAJECTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 # Settings that may change between the start and the resume of a run without changing its result.
 RUN_ONLY_KEYS = {"force", "device", "data_dir", "no_download", "checkpoint_dir", "results_dir", "jobs",
-                 "deterministic"}
+                 "deterministic", "compile"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,20 +130,46 @@ def autocast(device, precision="auto"):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def evaluate(model, split, batch_size=1000, precision="auto"):
-    """(mean loss, accuracy %) of `model` in eval mode over a whole split; one host sync."""
-    was_training = model.training
-    model.eval()
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def resolve_compile(mode, device):
+    """True when `mode` ('auto', 'on', 'off') means torch.compile on `device`.
+
+    auto = on for CUDA, where ResNet-20 at batch 128 is bound by kernel launches and CUDA graphs
+    remove them; off on CPUs, where compiling costs minutes and the kernels are compute-bound
+    (measured: bench/README.md).
+    """
+    if mode not in COMPILE_MODES:
+        raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    return torch.device(device).type == "cuda"
+
+
+def compiled_forward(model, device):
+    """`model` torch.compiled for training steps (CUDA graphs on a GPU). It shares the model's
+    parameters, so the optimizer, the masks and the checkpoints keep using `model` itself.
+    Each batch shape compiles once (dynamic=False): the full batches and the last partial one."""
+    mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+    return torch.compile(model, dynamic=False, mode=mode)
+
+
+def evaluate(model, split, batch_size=2000, precision="auto", compile=False):
+    """(mean loss, accuracy %) of `model` in eval mode over a whole split; one host sync.
+
+    Runs the BatchNorm-folded inference copy of the model (utils/inference.py: same function,
+    fewer passes over the activations) in large batches; `compile` torch.compiles that copy."""
+    net = folded(model, compile)
     loss_sum = torch.zeros((), device=split.device)
     correct = torch.zeros((), device=split.device, dtype=torch.long)
-    for x, y in split.batches(batch_size):
-        with autocast(split.device, precision):
-            out = model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-    model.train(was_training)
-    loss, correct = torch.stack([loss_sum, correct.double()]).tolist()
+    with torch.inference_mode():
+        for x, y in split.batches(batch_size):
+            with autocast(split.device, precision):
+                out = net(x)
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+        loss, correct = torch.stack([loss_sum, correct.double()]).tolist()
     return loss / len(split), 100.0 * correct / len(split)
 
 
@@ -187,12 +214,14 @@ def checkpoint(model, arch, epoch, config, **extra):
 
 
 def train_epoch(model, optimizer, train, batch_size, order_gen, aug_gen, masked=None, bn_l1=0.0,
-                perturb=None, max_steps=None, precision="auto"):
+                perturb=None, max_steps=None, precision="auto", forward=None):
     """One pass over `train` (or `max_steps` batches); returns the summed loss and the number
-    correct as device tensors, so the caller decides when to sync (once per epoch)."""
+    correct as device tensors, so the caller decides when to sync (once per epoch).
+    `forward`: what computes the outputs (default `model`; `compiled_forward(model)`)."""
     device = next(model.parameters()).device
     bn_list = list(bn_weights(model).values())
     use_autocast = functools.partial(autocast, device, resolve_precision(precision, device))
+    forward = model if forward is None else forward
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -202,7 +231,7 @@ def train_epoch(model, optimizer, train, batch_size, order_gen, aug_gen, masked=
         if perturb is not None:
             x = perturb(model, x, y)
         with use_autocast():
-            out = model(x)
+            out = forward(x)
             loss = F.cross_entropy(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -455,6 +484,8 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     stream: name of the data-order and augmentation generator streams: "" -> "order",
       "augment"; "copy1" -> "copy1/order", "copy1/augment" (independent copies of one seed).
     hp.precision ('auto', 'fp32', 'bf16') picks autocast; the summary records what was used.
+    hp.compile ('auto', 'on', 'off'): torch.compile the step and the evaluation (`resolve_compile`);
+      it changes speed, not the run, so a run may resume with another --compile.
     """
     ckpt_dir, results_dir = Path(ckpt_dir), Path(results_dir)
     callbacks = standard_callbacks(save_as, weight_distance_ref, bn_history, perturb,
@@ -472,6 +503,9 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
                         "epochs; keep --save-epochs within --epochs")
     device = next(model.parameters()).device
     precision = resolve_precision(hp.precision, device)
+    compile_ = resolve_compile(getattr(hp, "compile", "auto"), device)
+    if compile_ and hp.compile == "auto":  # a machine where compiling fails (no Triton...) runs eager
+        torch._dynamo.config.suppress_errors = True
     resume_path = ckpt_dir / "resume.pt"
     if plan.fresh:
         if plan.missing:
@@ -488,11 +522,12 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     run = Run(model, arch, config, ckpt_dir, results_dir,
               checkpoint_extra={k: v for k, v in dict(checkpoint_extra or {}, mask=mask).items() if v is not None})
     perturb_batch = _perturbation(callbacks)
+    forward = compiled_forward(model, device) if compile_ else model
 
     def record(lr, seconds_start, train_metrics=None):
         if train_metrics is None:  # epoch 0: the starting weights on the un-augmented train set
-            train_metrics = evaluate(model, train, precision=precision)
-        test_loss, test_acc = evaluate(model, test, precision=precision)
+            train_metrics = evaluate(model, train, precision=precision, compile=compile_)
+        test_loss, test_acc = evaluate(model, test, precision=precision, compile=compile_)
         row = {"epoch": run.epoch, "lr": lr, "train_loss": train_metrics[0],
                "train_acc": train_metrics[1], "test_loss": test_loss, "test_acc": test_acc}
         for c in callbacks:
@@ -526,7 +561,7 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
         for group in opt.param_groups:
             group["lr"] = lr
         loss_sum, correct = train_epoch(model, opt, train, hp.batch_size, order_gen, aug_gen,
-                                        masked, bn_l1, perturb_batch, precision=precision)
+                                        masked, bn_l1, perturb_batch, precision=precision, forward=forward)
         loss_total, correct_total = torch.stack([loss_sum, correct.double()]).tolist()
         if not math.isfinite(loss_total):
             raise UserError(f"{desc}: training diverged at epoch {epoch} (loss is {loss_total}); "
@@ -547,7 +582,7 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
                "train_acc": rows[-1]["train_acc"], "start_test_acc": rows[0]["test_acc"],
                "params": count_params(model), "epochs": hp.epochs,
                "seconds": sum(r["seconds"] for r in rows), "device": str(device),
-               "precision": precision, "config": config}
+               "precision": precision, "compiled": compile_, "config": config}
     if mask:
         zeros = sum(int((m == 0).sum()) for m in mask.values())
         summary["sparsity"] = zeros / sum(m.numel() for m in mask.values())
