@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from utils.noise import NOISE_SD_POINTS, ONE_SEED, RULE, compare, seed_note, threshold
+from utils.noise import NOISE_SD_POINTS, ONE_SEED, RULE, compare, listing, seed_note, threshold
 
 
 def test_mean_paired_difference_and_its_standard_error():
@@ -61,9 +61,9 @@ def test_one_seed_reports_the_difference_and_names_the_noise_scale():
     c = compare([91.2], [91.0])
     assert c.one_seed and c.n == 1 and c.se is None and c.diff == pytest.approx(0.2)
     assert not c.called and c.direction == 0
-    assert c.delta() == f"Δ = +0.20 points, one seed (seed-to-seed sd ≈ {NOISE_SD_POINTS:.2f})"
+    assert c.delta() == "Δ = +0.20 points, one seed"
     assert c.says("beats", "trails") == c.delta()  # no verdict word on one seed
-    assert compare([50.0], [40.0]).says() == "Δ = +10.00 points, one seed (seed-to-seed sd ≈ 1.93)"
+    assert compare([50.0], [40.0]).says() == "Δ = +10.00 points, one seed"
     assert c.word() == "one seed"
     assert NOISE_SD_POINTS == 1.93 and "bench/accuracy.py" in ONE_SEED and "1.93" in ONE_SEED
 
@@ -88,3 +88,14 @@ def test_rule_is_stated_with_n_and_the_seed_list():
     assert seed_note([0, 1, 2]).startswith("Seeds: n = 3 (0, 1, 2)")
     assert RULE in seed_note([0, 1]) and "2·se" in RULE and "within noise" in RULE
     assert seed_note([]) == ONE_SEED
+
+
+def test_listing_groups_by_verdict_and_one_seed_lists_the_differences():
+    items = [("50%", compare([91.0, 92.0], [90.0, 91.0])), ("70%", compare([92.0, 89.0], [90.0, 90.0])),
+             ("90%", compare([80.0, 81.0], [90.0, 90.5])), ("95%", compare([None, 1.0], [1.0, None]))]
+    assert listing(items, "beats it", "below it") == (
+        "beats it at 50% (Δ = +1.00 ± 0.00 points, n = 2); within noise at 70% (Δ = +0.50 ± 1.50 points, n = 2); "
+        "below it at 90% (Δ = -9.75 ± 0.25 points, n = 2)")
+    one = [("50%", compare([91.2], [91.0])), ("90%", compare([88.1], [91.0]))]
+    assert listing(one, "beats it") == f"Δ = +0.20 at 50%, -2.90 at 90% (points, one seed; seed-to-seed sd ≈ {NOISE_SD_POINTS:.2f})"
+    assert listing([("x", compare([None], [None]))]) == ""

@@ -82,11 +82,12 @@ class Comparison:
         return self.direction < 0
 
     def delta(self):
-        """'Δ = +1.20 ± 0.35 points, n = 3'; one seed: 'Δ = +1.20 points, one seed (...)'."""
+        """'Δ = +1.20 ± 0.35 points, n = 3'; one seed: 'Δ = +1.20 points, one seed' (the noise
+        scale for one seed is named once, where the report states the rule: `ONE_SEED`)."""
         if self.n == 0:
             return "Δ = n/a (no seed has both values)"
         if self.n == 1:
-            return f"Δ = {self.diff:+.2f} points, one seed (seed-to-seed sd ≈ {NOISE_SD_POINTS:.2f})"
+            return f"Δ = {self.diff:+.2f} points, one seed"
         return f"Δ = {self.diff:+.2f} ± {self.se:.2f} points, n = {self.n}"
 
     def word(self, up="higher", down="lower", noise="within noise", one="one seed"):
@@ -99,7 +100,7 @@ class Comparison:
 
     def says(self, up="higher", down="lower", noise="within noise"):
         """The verdict and its numbers: 'higher (Δ = ...)', 'within noise (Δ = ...)'; one seed
-        gives no verdict word, only the difference: 'Δ = +0.20 points, one seed (...)'."""
+        gives no verdict word, only the difference: 'Δ = +0.20 points, one seed'."""
         if self.n <= 1:
             return self.delta()
         return f"{self.word(up, down, noise)} ({self.delta()})"
@@ -134,3 +135,21 @@ def seed_note(seeds):
     if len(seeds) >= 2:
         return f"Seeds: n = {len(seeds)} ({', '.join(str(s) for s in seeds)}); tables show mean ± sd over them. " + RULE
     return ONE_SEED
+
+
+def listing(items, up="higher", down="lower", noise="within noise"):
+    """Several labelled comparisons in one phrase, grouped by verdict:
+    [('50%', c1), ('90%', c2)] -> 'higher at 90% (Δ = ...); within noise at 50% (Δ = ...)'.
+    One seed (every comparison n = 1): no verdict, the differences in a row:
+    'Δ = +0.20 at 50%, -2.90 at 90% (points, one seed; seed-to-seed sd ≈ 1.93)'.
+    Labels with no paired value (n = 0) are left out; '' when none is left."""
+    items = [(label, c) for label, c in items if c.n]
+    if not items:
+        return ""
+    if all(c.n == 1 for _, c in items):
+        return ("Δ = " + ", ".join(f"{c.diff:+.2f} at {label}" for label, c in items)
+                + f" (points, one seed; seed-to-seed sd ≈ {NOISE_SD_POINTS:.2f})")
+    groups = {}
+    for label, c in items:
+        groups.setdefault(c.word(up, down, noise, one="one seed only"), []).append(f"{label} ({c.delta()})")
+    return "; ".join(f"{word} at {', '.join(parts)}" for word, parts in groups.items())
