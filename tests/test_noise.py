@@ -94,8 +94,16 @@ def test_listing_groups_by_verdict_and_one_seed_lists_the_differences():
     items = [("50%", compare([91.0, 92.0], [90.0, 91.0])), ("70%", compare([92.0, 89.0], [90.0, 90.0])),
              ("90%", compare([80.0, 81.0], [90.0, 90.5])), ("95%", compare([None, 1.0], [1.0, None]))]
     assert listing(items, "beats it", "below it") == (
-        "beats it at 50% (Δ = +1.00 ± 0.00 points, n = 2); within noise at 70% (Δ = +0.50 ± 1.50 points, n = 2); "
-        "below it at 90% (Δ = -9.75 ± 0.25 points, n = 2)")
+        "beats it at 50% (Δ = +1.00 ± 0.00 points, n = 2); below it at 90% (Δ = -9.75 ± 0.25 points, n = 2); "
+        "within noise at 70% (Δ = +0.50 ± 1.50 points, n = 2)")
     one = [("50%", compare([91.2], [91.0])), ("90%", compare([88.1], [91.0]))]
     assert listing(one, "beats it") == f"Δ = +0.20 at 50%, -2.90 at 90% (points, one seed; seed-to-seed sd ≈ {NOISE_SD_POINTS:.2f})"
     assert listing([("x", compare([None], [None]))]) == ""
+
+
+def test_listing_can_count_the_noise_group():
+    items = [("a", compare([91.0, 92.0], [90.0, 91.0])), ("b", compare([92.0, 89.0], [90.0, 90.0])),
+             ("c", compare([90.0, 91.0], [91.0, 89.0]))]
+    assert listing(items, "more robust", count_noise=True) == \
+        "more robust at a (Δ = +1.00 ± 0.00 points, n = 2); within noise at 2 others"
+    assert listing(items[1:], count_noise=True) == "within noise at all 2"

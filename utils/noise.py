@@ -137,19 +137,26 @@ def seed_note(seeds):
     return ONE_SEED
 
 
-def listing(items, up="higher", down="lower", noise="within noise"):
+def listing(items, up="higher", down="lower", noise="within noise", count_noise=False):
     """Several labelled comparisons in one phrase, grouped by verdict:
-    [('50%', c1), ('90%', c2)] -> 'higher at 90% (Δ = ...); within noise at 50% (Δ = ...)'.
+    [('50%', c1), ('90%', c2)] -> 'higher at 90% (Δ = ...); within noise at 50% (Δ = ...)'
+    (called up, called down, within noise, then any with one seed only, each in the given order).
     One seed (every comparison n = 1): no verdict, the differences in a row:
     'Δ = +0.20 at 50%, -2.90 at 90% (points, one seed; seed-to-seed sd ≈ 1.93)'.
-    Labels with no paired value (n = 0) are left out; '' when none is left."""
+    Labels with no paired value (n = 0) are left out; '' when none is left. `count_noise`: the
+    comparisons within noise are only counted ('within noise at 12 others'), for long lists whose
+    numbers a table already shows."""
     items = [(label, c) for label, c in items if c.n]
     if not items:
         return ""
     if all(c.n == 1 for _, c in items):
         return ("Δ = " + ", ".join(f"{c.diff:+.2f} at {label}" for label, c in items)
                 + f" (points, one seed; seed-to-seed sd ≈ {NOISE_SD_POINTS:.2f})")
-    groups = {}
+    groups = {w: [] for w in (up, down, noise, "one seed only")}  # called first, then the rest
     for label, c in items:
         groups.setdefault(c.word(up, down, noise, one="one seed only"), []).append(f"{label} ({c.delta()})")
+    groups = {w: parts for w, parts in groups.items() if parts}
+    if count_noise and noise in groups:
+        n = len(groups[noise])
+        groups[noise] = [f"{n} other{'s' * (n != 1)}" if len(groups) > 1 else f"all {n}"]
     return "; ".join(f"{word} at {', '.join(parts)}" for word, parts in groups.items())

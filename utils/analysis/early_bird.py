@@ -90,7 +90,7 @@ def detection_section(doc, res, rows):
         return [", ".join("none" if e is None else str(e) for e, _ in found),
                 ", ".join("" if d is None else f"{d:.4f}" for _, d in found)]
     doc.table(Table("detection", f"Early-Bird detector: first epoch whose channel mask stays within distance "
-                    f"{det.get('eps')} of the previous {det.get('window', 5) - 1} masks"
+                    f"{det.get('eps')} of the previous {int(det.get('window', 5)) - 1} masks"
                     + (f" (per seed: {', '.join(map(str, res.seeds))})" if res.multi_seed else ""),
                     ["channels pruned", "detected epoch", "max distance there"],
                     [[pct(float(k))] + cells(k) for k in keys]))

@@ -50,7 +50,7 @@ def section(doc, res):
         text = f"{arch}, {training} training, pruned vs dense under PGD ({acc(d['pgd_acc'])}%): "
         if res.multi_seed:
             text += (f"{sum(c.up for _, c in vs)} of {len(vs)} pruned networks called more robust; "
-                     + listing(vs, "more robust", "less robust"))
+                     + listing(vs, "more robust", "less robust", count_noise=True))
         else:
             text += listing(vs)
         items.append(text + ".")

@@ -50,13 +50,13 @@ def section(doc, res):
     doc.p("Every table and number below is computed from the files in the results folder when this "
           "report is made (python make_report.py); the figures are the ones plot_results.py writes.")
     if dense:
-        doc.p(f"Original (dense) {arch}: {acc_sd(dense, 'test_acc')}% test accuracy after {dense['epochs']} "
-              f"epochs ({dense.get('params', 0):,} parameters).")
+        doc.p(f"Original (dense) {arch}: {acc_sd(dense, 'test_acc')}% test accuracy after {dense['epochs']:g} "
+              f"epochs ({int(dense.get('params', 0)):,} parameters).")
     doc.h1("Experimental set-up")
     if dense:
         cfg = dense.get("config", {})
         doc.p(f"Network: {cfg.get('arch', 'resnet20')} (shortcut option {cfg.get('shortcut', '?')}), "
-              f"{dense.get('params', 0):,} parameters, trained from a seeded initialisation ("
+              f"{int(dense.get('params', 0)):,} parameters, trained from a seeded initialisation ("
               f"{seeds_text(res, cfg)}) with SGD, a step learning-rate schedule (x0.1 after each "
               f"milestone), random crop (padding 4) and horizontal flip; the network-slimming L1 "
               f"penalty on BatchNorm scales was {cfg.get('bn_l1', 0)}. Accuracies are on the CIFAR-10 "
