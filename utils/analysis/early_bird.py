@@ -42,7 +42,8 @@ def section(doc, res):
             items.append(f"{pct(ratio)} channels pruned: best ticket epoch {int(best['ticket_epoch'])} "
                          f"({acc(best['retrained_acc'])}%); earliest (epoch {int(early['ticket_epoch'])}) "
                          f"{acc(early['retrained_acc'])}% vs latest (epoch {int(late['ticket_epoch'])}) "
-                         f"{acc(late['retrained_acc'])}%; earliest vs latest: {c.says('earliest ahead', 'earliest behind')}.")
+                         f"{acc(late['retrained_acc'])}%; earliest vs latest: "
+                         f"{c.says('earliest ahead', 'earliest behind')}.")
             verdicts.append((pct(ratio), c))
         doc.bullets(items)
         best = max(rows, key=lambda r: r["retrained_acc"])

@@ -8,7 +8,7 @@ import statistics
 
 from utils.plots import pct
 from utils.plots.prune_at_init import METHOD_NAMES, METHODS, RUN, dense_accuracy, select, summary_rows
-from utils.analysis.common import acc, acc_sd, compare, listing, same, seeds_caption, threshold
+from utils.analysis.common import acc, acc_sd, compare, listing, same, seed_values, seeds_caption, threshold
 from utils.document import Table
 
 # An ablation "keeps" the accuracy when it ends no more than this many points below the original;
@@ -99,13 +99,12 @@ def section(doc, res):
     doc.h2("How far is pruning at initialisation from pruning after training?")
     after = {}  # sparsity -> [(name, mean accuracy, per-seed accuracies)]
     for r in res.magnitude:
-        after.setdefault(r["sparsity"], []).append(("magnitude after training (Task 2)", r["retrained_acc"], res.per_seed(
-            lambda rep, s=r["sparsity"]: next((x["retrained_acc"] for x in rep.magnitude if same(x["sparsity"], s)), None))))
+        seeds = seed_values(res, lambda rep: rep.magnitude, "retrained_acc", sparsity=r["sparsity"])
+        after.setdefault(r["sparsity"], []).append(("magnitude after training (Task 2)", r["retrained_acc"], seeds))
     for r in res.lottery:
         if r.get("method") == "oneshot":
-            after.setdefault(r["sparsity"], []).append(("one-shot ticket (Task 3)", r["retrained_acc"], res.per_seed(
-                lambda rep, s=r["sparsity"]: next((x["retrained_acc"] for x in rep.lottery if x.get("method") == "oneshot"
-                                                   and same(x["sparsity"], s)), None))))
+            seeds = seed_values(res, lambda rep: rep.lottery, "retrained_acc", method="oneshot", sparsity=r["sparsity"])
+            after.setdefault(r["sparsity"], []).append(("one-shot ticket (Task 3)", r["retrained_acc"], seeds))
     if not after:
         doc.p("No pruning-after-training results (run python prune_magnitude.py and python lottery_imp.py) "
               "to compare with.")

@@ -83,7 +83,8 @@ def section(doc, res):
         total = sum(s for _, s in times)
         rows.append(["total", hms(total), f"{total:.0f}"])
         doc.table(Table("time", "Time taken: the sum of the trajectories' per-epoch seconds "
-                        "(training and evaluation)" + (f", all {len(res.seeds)} seeds together" if res.multi_seed else ""),
+                        "(training and evaluation)"
+                        + (f", all {len(res.seeds)} seeds together" if res.multi_seed else ""),
                         ["step", "time", "seconds"], rows))
     host = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
     doc.p(f"Hardware: the runs report device(s) {', '.join(sorted(devices)) or 'unknown'}; this report "

@@ -84,8 +84,9 @@ def section(doc, res):
                     f"regime {r.get('regime') or 'n/a'})")
             others = sorted((x for x in rows if x["density"] == d and x is not r), key=error)
             if others:  # the best against the runner-up, on accuracy (= minus the error)
-                c = compare(_retrained(res, axis, r["temperature"], d), _retrained(res, axis, others[0]["temperature"], d))
-                text += f"; against the next best ({UNIT[axis]} {others[0]['temperature']:g}): {c.says('ahead', 'behind')}"
+                nxt = others[0]["temperature"]
+                c = compare(_retrained(res, axis, r["temperature"], d), _retrained(res, axis, nxt, d))
+                text += f"; against the next best ({UNIT[axis]} {nxt:g}): {c.says('ahead', 'behind')}"
             items.append(text)
         doc.bullets(items)
 
@@ -97,7 +98,8 @@ def section(doc, res):
         ends = {d: (min(r["temperature"] for r in rows if r["density"] == d),
                     max(r["temperature"] for r in rows if r["density"] == d)) for d in effect}  # (hottest, coldest)
         # per seed: test error saved by heating = retrained accuracy at the hottest - at the coldest
-        heat = {d: compare(_retrained(res, axis, hot, d), _retrained(res, axis, cold, d)) for d, (hot, cold) in ends.items()}
+        heat = {d: compare(_retrained(res, axis, hot, d), _retrained(res, axis, cold, d))
+                for d, (hot, cold) in ends.items()}
         doc.bullets([f"density {pct(d)}: {UNIT[axis]} {ends[d][0]:g} vs {ends[d][1]:g}: "
                      f"{heat[d].says('heating helps', 'heating hurts')} (test error saved by {HEAT[axis]})"
                      for d in effect])
@@ -111,5 +113,5 @@ def section(doc, res):
         verdict = "Yes" if helps_low and hurts_high else "No"
         doc.p(f"{verdict}: at the lowest density ({pct(low)}) heating "
               f"{heat[low].says('helps', 'hurts', 'is within noise')}, at the highest ({pct(high)}) it "
-              f"{heat[high].says('helps', 'hurts', 'is within noise')}. The paper's dichotomy is that a hotter dense network prunes "
-              "better at low density and worse at high density.")
+              f"{heat[high].says('helps', 'hurts', 'is within noise')}. The paper's dichotomy is that a hotter "
+              "dense network prunes better at low density and worse at high density.")

@@ -60,7 +60,8 @@ def _within_text(rounds, per_seed, k, what):
     """The sparsest round called within MATCH_POINTS of dense; one seed: the differences per round."""
     if len(per_seed) == 1:
         dense = _acc(per_seed, 0, "own")
-        per = [(f"round {rnd}", compare(_acc(per_seed, rnd, k), dense)) for rnd, v in rounds.items() if rnd > 0 and k in v]
+        per = [(f"round {rnd}", compare(_acc(per_seed, rnd, k), dense))
+               for rnd, v in rounds.items() if rnd > 0 and k in v]
         return f"The {what} against the dense network: {listing(per)}"
     hit = sparsest_within(rounds, per_seed, k)
     if hit is None:
@@ -90,7 +91,8 @@ def side_answers(rounds, per_seed):
             mean = compare(_mean_over(per_seed, both, ref), _mean_over(per_seed, both, "random"))
             if len(per_seed) == 1:
                 items.append(f"The {ref} ticket against the random control, averaged over {len(both)} rounds: "
-                             f"{mean.says()}; per round: " + listing([(f"round {r}", c) for r, c in zip(both, per)]) + ".")
+                             f"{mean.says()}; per round: "
+                             + listing([(f"round {r}", c) for r, c in zip(both, per)]) + ".")
             else:
                 verdict = "beats" if mean.up else "trails" if mean.down else "is within noise of"
                 items.append(f"The {ref} ticket {verdict} the random control, averaged over {len(both)} rounds "
