@@ -71,10 +71,13 @@ def test_report_section(res, tmp_path):
     assert [r[0] for r in table.rows] == ["dense", "EarlyCroP-S", "CroP-S (at init)", "EarlyCroP-U", "CroP-U (at init)"]
     assert table.rows[1][2] == "75.25" and table.rows[1][4] == "90.0%" and table.rows[3][2] == "84.50"
     text = " ".join(" ".join(b[1]) if isinstance(b[1], list) else str(b[1]) for b in doc.blocks)
-    assert "EarlyCroP-U 84.50% vs CroP-U (at init) 80.00% (+4.50 points" in text
-    assert "EarlyCroP-S +5.25 points against the best other structured method there (CroP-S (at init), 70.00%)" in text
-    assert "EarlyCroP-U +4.50 points against the best other unstructured method there (CroP-U (at init), 80.00%)" in text
-    assert "EarlyCroP-U costs 0.65x the dense run's training time for -5.50 points" in text
+    assert "EarlyCroP-U 84.50% vs CroP-U (at init) 80.00%, pruning at epoch 7 instead of at init: Δ = +4.50 points, one seed" in text
+    assert ("EarlyCroP-S against the best other structured method there (CroP-S (at init), 70.00%): "
+            "Δ = +5.25 points, one seed") in text
+    assert ("EarlyCroP-U against the best other unstructured method there (CroP-U (at init), 80.00%): "
+            "Δ = +4.50 points, one seed") in text
+    assert ("EarlyCroP-U costs 0.65x the dense run's training time; its accuracy against the dense run: "
+            "Δ = -5.50 points, one seed") in text
     assert "EarlyCroP-S keeps 5.0% of the dense parameters and 25.0% of its FLOPs, 0.25x" in text
     assert "python prune_at_init.py --methods snip" in text  # a missing baseline names its command
     assert "prune epoch 4 (the rule fired)" in text

@@ -452,7 +452,8 @@ def test_figures_and_report_section_read_the_results(pai):
     dense = next(float(r["final_acc"]) for r in rows if r["method"] == "none")
     assert f"{dense:.2f}%" in text and "No random baseline" in text
     snip = {r["ablation"]: float(r["final_acc"]) for r in rows if r["method"] == "snip"}
-    assert f"mean {snip['invert'] - snip['original']:+.2f} points vs original" in text
+    # one seed: the difference and "one seed", no verdict word (utils/noise.py)
+    assert f"invert changes it (mean vs original: Δ = {snip['invert'] - snip['original']:+.2f} points, one seed)" in text
     doc = Doc()
     section(doc, empty)
     assert "run python prune_at_init.py" in " ".join(str(b[1]) for b in doc.blocks)

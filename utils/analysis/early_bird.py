@@ -1,7 +1,13 @@
 """Task 4: which Early-Bird ticket epoch is best, is early better than late, and what does the
-detector pick?"""
-from utils.analysis.common import acc, missing, pct, signed
+detector pick? Every comparison pairs the numbers by seed and follows the report's noise rule
+(utils/noise.py); the best epoch is the one with the highest mean."""
+from utils.analysis.common import acc, acc_sd, compare, listing, missing, pct, seed_values, seeds_caption
 from utils.document import Table
+
+
+def _retrained(res, ratio, epoch):
+    """Per-seed retrained accuracy of the ticket drawn at `epoch` with `ratio` channels pruned."""
+    return seed_values(res, lambda rep: rep.early_bird, "retrained_acc", ratio=ratio, ticket_epoch=epoch)
 
 
 def section(doc, res):
@@ -16,13 +22,13 @@ def section(doc, res):
         cols += ["pruned", "retrained", "params", "FLOPs"]
         table_rows = []
         for r in rows:
-            line = [f"{int(r['ticket_epoch'])}", pct(r["ratio"]), acc(r["dense_acc"])]
-            line += [acc(r.get("dense_epoch_acc"))] if has_epoch_acc else []
-            line += [acc(r["pruned_acc"]), acc(r["retrained_acc"]), f"{int(r['params']):,}",
+            line = [f"{int(r['ticket_epoch'])}", pct(r["ratio"]), acc_sd(r, "dense_acc")]
+            line += [acc_sd(r, "dense_epoch_acc")] if has_epoch_acc else []
+            line += [acc_sd(r, "pruned_acc"), acc_sd(r, "retrained_acc"), f"{int(r['params']):,}",
                      f"{r['flops'] / 1e6:.1f}M" if isinstance(r.get("flops"), float) else str(r.get("flops"))]
             table_rows.append(line)
         doc.table(Table("early_bird", "Task 4: test accuracy (%) of the fully trained original, of the channel-"
-                        "pruned ticket before and after retraining, and the compact network's size",
+                        "pruned ticket before and after retraining, and the compact network's size" + seeds_caption(res),
                         cols, table_rows))
         doc.figure("early_bird_accuracy")
         doc.figure("early_bird_trajectories")
@@ -32,13 +38,13 @@ def section(doc, res):
             sub = [r for r in rows if r["ratio"] == ratio]
             best = max(sub, key=lambda r: r["retrained_acc"])
             early, late = sub[0], sub[-1]
+            c = compare(_retrained(res, ratio, early["ticket_epoch"]), _retrained(res, ratio, late["ticket_epoch"]))
             items.append(f"{pct(ratio)} channels pruned: best ticket epoch {int(best['ticket_epoch'])} "
                          f"({acc(best['retrained_acc'])}%); earliest (epoch {int(early['ticket_epoch'])}) "
                          f"{acc(early['retrained_acc'])}% vs latest (epoch {int(late['ticket_epoch'])}) "
-                         f"{acc(late['retrained_acc'])}%, so the earliest ticket is "
-                         f"{abs(early['retrained_acc'] - late['retrained_acc']):.2f} points "
-                         f"{'ahead' if early['retrained_acc'] >= late['retrained_acc'] else 'behind'}.")
-            verdicts.append((ratio, early["retrained_acc"] >= late["retrained_acc"]))
+                         f"{acc(late['retrained_acc'])}%; earliest vs latest: "
+                         f"{c.says('earliest ahead', 'earliest behind')}.")
+            verdicts.append((pct(ratio), c))
         doc.bullets(items)
         best = max(rows, key=lambda r: r["retrained_acc"])
         dense_epochs = (res.dense_summary or {}).get("epochs")
@@ -46,12 +52,27 @@ def section(doc, res):
             if dense_epochs else ""
         doc.p(f"Overall best: ticket epoch {int(best['ticket_epoch'])} at {pct(best['ratio'])} channels pruned, "
               f"{acc(best['retrained_acc'])}% after retraining{saved}.")
-        early_wins = [pct(r) for r, won in verdicts if won]
-        doc.p(f"Early beats late (the earliest ticket retrains at least as well as the latest) at "
-              f"{len(early_wins)} of {len(verdicts)} ratios" + (f": {', '.join(early_wins)}." if early_wins else ".")
-              + " Where it does, pruning early is the better choice, since it also skips most of the dense "
-              "training.")
+        if res.multi_seed:
+            early_wins = [r for r, c in verdicts if c.up]
+            doc.p(f"Early beats late (the earliest ticket called ahead of the latest) at {len(early_wins)} of "
+                  f"{len(verdicts)} ratios" + (f": {', '.join(early_wins)}." if early_wins else ".")
+                  + " Where it does, pruning early is the better choice, since it also skips most of the dense "
+                  "training; where the two are within noise, early still saves that training.")
+        else:
+            doc.p("Earliest minus latest ticket: " + listing(verdicts) + ". With one seed no ratio is called; "
+                  "where early is not worse, pruning early is the better choice, since it also skips most of the "
+                  "dense training.")
     detection_section(doc, res, rows)
+
+
+def _detected(res, key):
+    """Per-seed detected epoch (None where the detector never fired) for the ratio `key` of
+    detection.json, and the max distance there."""
+    def one(rep):
+        v = ((rep.detection or {}).get("ratios") or {}).get(key) or {}
+        e = v.get("eb_epoch")
+        return (None, None) if e is None else (int(e), v["max_distance"][int(e)])
+    return res.per_seed(one)
 
 
 def detection_section(doc, res, rows):
@@ -60,28 +81,46 @@ def detection_section(doc, res, rows):
     if not det:
         doc.p("No detection results (results/early_bird/detection.json): run python early_bird.py.")
         return
+    keys = sorted(det.get("ratios", {}), key=float)
+    detected = {k: _detected(res, k) for k in keys}
+
+    def cells(k):
+        found = detected[k]
+        if all(e is None for e, _ in found):
+            return ["none", ""]
+        return [", ".join("none" if e is None else str(e) for e, _ in found),
+                ", ".join("" if d is None else f"{d:.4f}" for _, d in found)]
     doc.table(Table("detection", f"Early-Bird detector: first epoch whose channel mask stays within distance "
-                    f"{det.get('eps')} of the previous {det.get('window', 5) - 1} masks",
+                    f"{det.get('eps')} of the previous {int(det.get('window', 5)) - 1} masks"
+                    + (f" (per seed: {', '.join(map(str, res.seeds))})" if res.multi_seed else ""),
                     ["channels pruned", "detected epoch", "max distance there"],
-                    [[pct(float(k)), "none" if v.get("eb_epoch") is None else str(v["eb_epoch"]),
-                      "" if v.get("eb_epoch") is None else f"{v['max_distance'][v['eb_epoch']]:.4f}"]
-                     for k, v in sorted(det.get("ratios", {}).items(), key=lambda kv: float(kv[0]))]))
+                    [[pct(float(k))] + cells(k) for k in keys]))
     doc.figure("mask_distance")
     doc.figure("early_bird_detector")
     items = []
-    for k, v in sorted(det.get("ratios", {}).items(), key=lambda kv: float(kv[0])):
-        e = v.get("eb_epoch")
-        if e is None:
+    for k in keys:
+        found = detected[k]
+        if all(e is None for e, _ in found):
+            v = det["ratios"][k]
             items.append(f"{pct(float(k))}: the mask never settled below eps = {det.get('eps')} within the "
                          f"{len(v.get('max_distance', [])) - 1} recorded epochs.")
             continue
         sub = [r for r in rows if abs(r["ratio"] - float(k)) < 1e-9]
-        text = f"{pct(float(k))}: the detector picks epoch {e}"
+        epochs = [e for e, _ in found]
+        text = f"{pct(float(k))}: the detector picks epoch " + ", ".join("none" if e is None else str(e) for e in epochs)
+        text += f" (seeds {', '.join(map(str, res.seeds))})" if res.multi_seed else ""
         if sub:
-            near = min(sub, key=lambda r: abs(r["ticket_epoch"] - e))
             best = max(sub, key=lambda r: r["retrained_acc"])
-            text += (f"; the nearest ticket drawn (epoch {int(near['ticket_epoch'])}) retrains to "
-                     f"{acc(near['retrained_acc'])}%, {signed(near['retrained_acc'] - best['retrained_acc'])} "
-                     f"points from the best ticket epoch ({int(best['ticket_epoch'])})")
+            drawn = sorted({r["ticket_epoch"] for r in sub})
+
+            def nearest(e):
+                return None if e is None else min(drawn, key=lambda t: abs(t - e))
+            near = [nearest(e) for e in epochs]
+            near_acc = [None if t is None else _retrained(res, float(k), t)[i] for i, t in enumerate(near)]
+            best_acc = _retrained(res, float(k), best["ticket_epoch"])
+            shown = sorted({int(t) for t in near if t is not None})
+            text += (f"; the nearest ticket drawn (epoch {', '.join(map(str, shown))}) against the best ticket epoch "
+                     f"({int(best['ticket_epoch'])}, {acc(best['retrained_acc'])}%): "
+                     f"{compare(near_acc, best_acc).says()}")
         items.append(text + ".")
     doc.bullets(items)

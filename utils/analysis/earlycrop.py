@@ -1,7 +1,8 @@
 """EarlyCroP's report section: the paper's table and the answers, computed from
-results/earlycrop/{summary.csv,detection.json} when the report is made."""
+results/earlycrop/{summary.csv,detection.json} when the report is made. Every accuracy
+comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
 from utils.plots.earlycrop import LABELS, summary_rows
-from utils.analysis.common import acc, signed
+from utils.analysis.common import acc_sd, acc, compare, same, seeds_caption
 from utils.document import Table
 
 COMMAND = "python earlycrop.py"
@@ -13,8 +14,8 @@ def _num(v, fmt):
 
 def _row(r):
     return [LABELS.get(r["method"], r["method"]), _num(r["sparsity"], "{:.0%}") if r["method"] != "dense" else "-",
-            acc(r.get("test_acc")), _num(r.get("weight_sparsity"), "{:.1%}"), _num(r.get("node_sparsity"), "{:.1%}"),
-            "-" if r.get("prune_epoch") is None else f"{int(r['prune_epoch'])}",
+            acc_sd(r, "test_acc"), _num(r.get("weight_sparsity"), "{:.1%}"), _num(r.get("node_sparsity"), "{:.1%}"),
+            "-" if r.get("prune_epoch") is None else _epoch(r),
             _num(r.get("train_seconds"), "{:.0f}"), _num(r.get("batch_ms"), "{:.1f}"),
             _num(r.get("peak_mem_mb"), "{:.0f}"), _num(r.get("disk_mb"), "{:.2f}"),
             _num(r.get("params"), "{:,.0f}"), _num(r.get("flops"), "{:.3g}")]
@@ -22,6 +23,21 @@ def _row(r):
 
 def _at(rows, method, s):
     return next((r for r in rows if r["method"] == method and abs(r["sparsity"] - s) < 1e-9), None)
+
+
+def _acc(res, method, s=None):
+    """Per-seed test accuracy of `method` at sparsity `s` (the dense row when `s` is None)."""
+    def one(rep):
+        hit = next((r for r in summary_rows(rep) if r["method"] == method
+                    and (s is None or same(r["sparsity"], s))), None)
+        return None if hit is None else hit["test_acc"]
+    return res.per_seed(one)
+
+
+def _epoch(row):
+    """The prune epoch as text ('4'; several seeds may average to '4.5')."""
+    e = row.get("prune_epoch")
+    return "?" if e is None else f"{e:g}"
 
 
 def section(doc, res):
@@ -42,7 +58,7 @@ def section(doc, res):
     order = {m: i for i, m in enumerate(["dense"] + list(LABELS))}
     ordered = sorted(rows, key=lambda r: (r["method"] != "dense", r["sparsity"], order.get(r["method"], 99)))
     doc.table(Table("earlycrop", "EarlyCroP and baselines: last-epoch test accuracy (%), sparsities, cost, "
-                    "size (results/earlycrop/summary.csv)", columns, [_row(r) for r in ordered]))
+                    "size (results/earlycrop/summary.csv)" + seeds_caption(res), columns, [_row(r) for r in ordered]))
     missing = [r for r in all_rows if not isinstance(r.get("test_acc"), float) and r.get("source")]
     if missing:
         doc.bullets([f"{r['method']} at sparsity {r['sparsity']:g}: {r['source']}" for r in missing])
@@ -62,9 +78,9 @@ def section(doc, res):
         for early, init in (("earlycrop_u", "crop_u"), ("earlycrop_s", "crop_s")):
             a, b = _at(rows, early, s), _at(rows, init, s)
             if a and b:
+                c = compare(_acc(res, early, s), _acc(res, init, s))
                 items.append(f"{s:.0%}: {LABELS[early]} {acc(a['test_acc'])}% vs {LABELS[init]} "
-                             f"{acc(b['test_acc'])}% ({signed(a['test_acc'] - b['test_acc'])} points for pruning "
-                             f"at epoch {int(a['prune_epoch'])} instead of at init)")
+                             f"{acc(b['test_acc'])}%, pruning at epoch {_epoch(a)} instead of at init: {c.says()}")
         for early in ("earlycrop_u", "earlycrop_s"):
             a = _at(rows, early, s)
             kind = "structured" if early == "earlycrop_s" else "unstructured"
@@ -72,13 +88,13 @@ def section(doc, res):
                       ("earlycrop_u", "earlycrop_s", "dense") and str(r.get("structured")) == str(a and a.get("structured"))]
             if a and others:  # the same kind of pruning: -S against -S, -U against -U
                 best = max(others, key=lambda r: r["test_acc"])
-                items.append(f"{s:.0%}: {LABELS[early]} {signed(a['test_acc'] - best['test_acc'])} points against "
-                             f"the best other {kind} method there ({LABELS.get(best['method'], best['method'])}, "
-                             f"{acc(best['test_acc'])}%)")
+                c = compare(_acc(res, early, s), _acc(res, best["method"], s))
+                items.append(f"{s:.0%}: {LABELS[early]} against the best other {kind} method there "
+                             f"({LABELS.get(best['method'], best['method'])}, {acc(best['test_acc'])}%): {c.says()}")
             if a and dense:
+                c = compare(_acc(res, early, s), _acc(res, "dense"))
                 items.append(f"{s:.0%}: {LABELS[early]} costs {a['train_seconds'] / dense['train_seconds']:.2f}x the "
-                             f"dense run's training time for {signed(a['test_acc'] - dense['test_acc'])} points "
-                             "against it")
+                             f"dense run's training time; its accuracy against the dense run: {c.says()}")
         a = _at(rows, "earlycrop_s", s)
         if a and dense and isinstance(a.get("params"), float):
             mem = (f", {a['peak_mem_mb'] / dense['peak_mem_mb']:.2f}x its training memory"

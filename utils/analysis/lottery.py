@@ -1,21 +1,36 @@
 """Task 3: is there a lottery-ticket effect (tickets against the original and the controls),
-and how do Task 2's fine-tuned networks compare with Task 3's rewound tickets?"""
-from utils.analysis.common import MATCH_POINTS, acc, missing, pct, signed
+and how do Task 2's fine-tuned networks compare with Task 3's rewound tickets? Every comparison
+pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
+from utils.analysis.common import (MATCH_POINTS, acc, acc_sd, compare, listing, missing, pct, same, seed_values,
+                                   seeds_caption, threshold)
 from utils.document import Table
 
 METHOD_ORDER = ["oneshot", "imp", "reinit", "random"]
 METHOD_NAMES = {"oneshot": "one-shot ticket", "imp": "IMP ticket", "reinit": "re-initialised (control)",
                 "random": "random mask (control)"}
+TICKETS, CONTROLS = ("oneshot", "imp"), ("reinit", "random")
 
 
 def _method_rows(rows, method):
     return sorted((r for r in rows if r.get("method") == method), key=lambda r: (r["sparsity"], r.get("round") or 0))
 
 
+def _row_at(rows, method, sparsity):
+    """The row of `method` at `sparsity` (the last round landing there), or None."""
+    hits = [r for r in _method_rows(rows, method) if same(r["sparsity"], sparsity)]
+    return hits[-1] if hits else None
+
+
 def _at(rows, method, sparsity):
     """The retrained accuracy of `method` at `sparsity` (the last round landing there), or None."""
-    hits = [r for r in _method_rows(rows, method) if abs(r["sparsity"] - sparsity) < 1e-9]
-    return hits[-1]["retrained_acc"] if hits else None
+    hit = _row_at(rows, method, sparsity)
+    return hit["retrained_acc"] if hit else None
+
+
+def _best(rows, methods, sparsity):
+    """The highest retrained accuracy among `methods` at `sparsity` in one seed's rows, or None."""
+    found = [a for a in (_at(rows, m, sparsity) for m in methods) if a is not None]
+    return max(found) if found else None
 
 
 def section(doc, res):
@@ -32,9 +47,9 @@ def section(doc, res):
         for r in _method_rows(rows, m):
             rnd = r.get("round")
             table_rows.append([METHOD_NAMES.get(m, m), pct(r["sparsity"]), "" if rnd is None else f"{int(rnd)}",
-                               acc(r["dense_acc"]), acc(r["ticket_acc"]), acc(r["retrained_acc"])])
+                               acc_sd(r, "dense_acc"), acc_sd(r, "ticket_acc"), acc_sd(r, "retrained_acc")])
     doc.table(Table("lottery", "Task 3: test accuracy (%) of the original network, of the ticket (mask on the "
-                    "rewound weights, before training) and of the trained ticket",
+                    "rewound weights, before training) and of the trained ticket" + seeds_caption(res),
                     ["method", "sparsity", "round", "original", "ticket (untrained)", "retrained"], table_rows))
     for m in methods:
         doc.figure(f"lottery_{m}_trajectories" if m in ("oneshot", "imp") else f"lottery_control_{m}_trajectories")
@@ -43,59 +58,66 @@ def section(doc, res):
     dense_acc = rows[0].get("dense_acc")
     targets = sorted({r["sparsity"] for r in rows if r.get("method") == "oneshot"}) or \
         sorted({r["sparsity"] for r in rows})
+    dense = res.per_seed(lambda rep: (rep.lottery or [{}])[0].get("dense_acc"))
+
+    def method_values(m, s):
+        return res.per_seed(lambda rep: _at(rep.lottery, m, s))
+
+    def best_values(methods, s):  # per seed, the better of `methods` there
+        return res.per_seed(lambda rep: _best(rep.lottery, methods, s))
+
     items = []
     for s in targets:
         parts = []
-        for m in ("oneshot", "imp"):
+        for m in TICKETS:
             a = _at(rows, m, s)
             if a is not None:
-                parts.append(f"{METHOD_NAMES[m]} {acc(a)}% ({signed(a - dense_acc)} vs original)")
-        for m in ("reinit", "random"):
+                parts.append(f"{METHOD_NAMES[m]} {acc(a)}% (vs original: {compare(method_values(m, s), dense).says()})")
+        for m in CONTROLS:
             a = _at(rows, m, s)
             if a is not None:
-                best = max(x for x in (_at(rows, "oneshot", s), _at(rows, "imp", s)) if x is not None) \
-                    if any(x is not None for x in (_at(rows, "oneshot", s), _at(rows, "imp", s))) else None
-                parts.append(f"{METHOD_NAMES[m]} {acc(a)}%" + (f" (best ticket {signed(best - a)} ahead)"
-                                                             if best is not None else ""))
+                ahead = compare(best_values(TICKETS, s), method_values(m, s))
+                parts.append(f"{METHOD_NAMES[m]} {acc(a)}%" + (f" (best ticket vs it: {ahead.says('ahead', 'behind')})"
+                                                             if ahead.n else ""))
         if parts:
             items.append(f"{pct(s)} sparsity: " + "; ".join(parts) + ".")
     doc.bullets(items)
-    matched = [s for s in targets if any((_at(rows, m, s) or -1e9) >= dense_acc - MATCH_POINTS
-                                         for m in ("oneshot", "imp"))]
-    doc.p(f"A ticket trained from the rewound weights reaches within {MATCH_POINTS:g} point of the original "
-          f"({acc(dense_acc)}%) at " + (", ".join(pct(s) for s in matched) if matched else "no sparsity tested")
-          + ".")
-    controls = [m for m in ("reinit", "random") if m in methods]
+    matched = [(pct(s), threshold(best_values(TICKETS, s), dense, MATCH_POINTS)) for s in targets]
+    doc.p(f"The better ticket trained from the rewound weights (one-shot or IMP, per seed) against the original "
+          f"({acc(dense_acc)}%): " + listing(matched, f"within {MATCH_POINTS:g} point", f"more than {MATCH_POINTS:g} "
+                                              f"point below", f"within noise of the {MATCH_POINTS:g}-point margin") + ".")
+    controls = [m for m in CONTROLS if m in methods]
     if controls:
-        wins = []
-        for s in targets:
-            tickets = [x for x in (_at(rows, "oneshot", s), _at(rows, "imp", s)) if x is not None]
-            ctrl = [x for x in (_at(rows, m, s) for m in controls) if x is not None]
-            if tickets and ctrl:
-                wins.append((s, max(tickets) - max(ctrl)))
-        beat = [f"{pct(s)} ({signed(d)} points)" for s, d in wins if d > 0]
+        wins = [(pct(s), compare(best_values(TICKETS, s), best_values(controls, s))) for s in targets]
+        wins = [(s, c) for s, c in wins if c.n]
+        effect = [s for s, c in wins if c.up and dict(matched)[s].up]
         doc.p("Against the controls (same sparsity, " + " and ".join(METHOD_NAMES[m] for m in controls) + "), "
-              "the better ticket is ahead at " + (", ".join(beat) if beat else "no sparsity") + ". "
-              + ("A lottery-ticket effect is seen where the ticket both matches the original and beats the "
-                 "controls." if beat else "So these results show no lottery-ticket effect over the controls."))
+              "the better ticket per seed: " + (listing(wins, "ahead", "behind") or "no sparsity with both") + ". "
+              + ("With one seed no lottery-ticket effect is called; the differences above are the evidence."
+                 if not res.multi_seed else
+                 f"A lottery-ticket effect (the ticket called within {MATCH_POINTS:g} point of the original and "
+                 "called ahead of the controls) is seen at " + (", ".join(effect) if effect else "no sparsity")
+                 + "."))
     else:
         doc.p("No reinit/random controls were run (python lottery_imp.py --controls reinit random), so the "
               "effect can only be judged against the original accuracy.")
 
     doc.h2("Task 2 versus Task 3")
-    mag = {r["sparsity"]: r["retrained_acc"] for r in res.magnitude if r["sparsity"]}
+    mag = {r["sparsity"]: r for r in res.magnitude if r["sparsity"]}
     sparsities = sorted(set(targets) | set(mag))
     cols = ["sparsity", "magnitude retrained (Task 2)"] + [METHOD_NAMES[m] for m in methods]
-    cmp_rows = [[pct(s), acc(mag.get(s))] + [acc(_at(rows, m, s)) for m in methods] for s in sparsities]
-    doc.table(Table("task2_vs_task3", "Retrained test accuracy (%): weights kept (Task 2) vs rewound (Task 3)",
-                    cols, cmp_rows))
+    cmp_rows = [[pct(s), acc_sd(mag.get(s), "retrained_acc")] + [acc_sd(_row_at(rows, m, s), "retrained_acc")
+                                                                 for m in methods] for s in sparsities]
+    doc.table(Table("task2_vs_task3", "Retrained test accuracy (%): weights kept (Task 2) vs rewound (Task 3)"
+                    + seeds_caption(res), cols, cmp_rows))
     items = []
     for s in sparsities:
         if s in mag:
-            for m in ("oneshot", "imp"):
-                a = _at(rows, m, s)
-                if a is not None:
-                    items.append(f"{pct(s)}: {METHOD_NAMES[m]} {signed(a - mag[s])} points vs magnitude retraining.")
+            kept = seed_values(res, lambda rep: rep.magnitude, "retrained_acc", sparsity=s)
+            for m in TICKETS:
+                if _at(rows, m, s) is not None:
+                    items.append(f"{pct(s)}: {METHOD_NAMES[m]} vs magnitude retraining: "
+                                 f"{compare(method_values(m, s), kept).says()}.")
     doc.bullets(items)
     cfg2 = next(iter(res.runs("magnitude").values()), {}).get("config", {})
     cfg3 = next(iter(res.runs("lottery").values()), {}).get("config", {})

@@ -3,9 +3,11 @@
 When magnitude/summary.csv has a sparsity-0 row (the dense network fine-tuned with the same
 schedule as the pruned ones), pruned-and-retrained is compared against both the original dense
 network and that fine-tuned dense network: the extra epochs alone can raise accuracy, so only
-the second comparison says whether pruning itself helps.
+the second comparison says whether pruning itself helps. Every comparison pairs the numbers by
+seed and follows the report's noise rule (utils/noise.py).
 """
-from utils.analysis.common import MATCH_POINTS, acc, arch_label, missing, pct, signed
+from utils.analysis.common import (MATCH_POINTS, acc, acc_sd, arch_label, compare, listing, missing, pct,
+                                   seed_values, seeds_caption, signed, threshold)
 from utils.document import Table
 
 
@@ -22,56 +24,56 @@ def section(doc, res):
         columns.append("retrained - fine-tuned dense")
 
     def line(r):
-        out = [pct(r["sparsity"]) + (" (dense, fine-tuned)" if r is tuned else ""), acc(r["dense_acc"]),
-               acc(r["pruned_acc"]), acc(r["retrained_acc"]), signed(r["retrained_acc"] - r["pruned_acc"]),
+        out = [pct(r["sparsity"]) + (" (dense, fine-tuned)" if r is tuned else ""), acc_sd(r, "dense_acc"),
+               acc_sd(r, "pruned_acc"), acc_sd(r, "retrained_acc"), signed(r["retrained_acc"] - r["pruned_acc"]),
                signed(r["retrained_acc"] - r["dense_acc"])]
         return out + ([signed(r["retrained_acc"] - tuned["retrained_acc"])] if tuned else [])
     doc.table(Table("magnitude", f"Task 2: {arch_label(res, 'magnitude')} test accuracy (%) before pruning, after "
-                    "pruning (not retrained) and after retraining", columns, [line(r) for r in rows]))
+                    "pruning (not retrained) and after retraining" + seeds_caption(res), columns,
+                    [line(r) for r in rows]))
     doc.figure("magnitude_trajectories")
     if not pruned:
         doc.p("Only the sparsity-0 (fine-tuned dense) run is in the results: run python prune_magnitude.py "
               "with --sparsities above 0.")
         return
+
+    def values(column, sparsity):
+        return seed_values(res, lambda rep: rep.magnitude, column, sparsity=sparsity)
+
     doc.h2("Is retraining necessary, and how much does it recover?")
-    needed = [pct(r["sparsity"]) for r in pruned if r["dense_acc"] - r["pruned_acc"] > MATCH_POINTS]
-    doc.bullets([f"At {pct(r['sparsity'])} sparsity pruning alone costs {r['dense_acc'] - r['pruned_acc']:.2f} "
-                 f"points ({acc(r['dense_acc'])}% -> {acc(r['pruned_acc'])}%); retraining recovers "
-                 f"{r['retrained_acc'] - r['pruned_acc']:.2f} points, ending "
-                 f"{abs(r['retrained_acc'] - r['dense_acc']):.2f} points "
-                 f"{'above' if r['retrained_acc'] >= r['dense_acc'] else 'below'} the original "
-                 f"({acc(r['retrained_acc'])}%)." for r in pruned])
-    if needed:
-        doc.p(f"Retraining is necessary at {', '.join(needed)} sparsity, where pruning without it loses "
-              f"more than {MATCH_POINTS:g} point of accuracy.")
-    else:
-        doc.p(f"On these results pruning alone never loses more than {MATCH_POINTS:g} point, so retraining "
-              "is not needed at these sparsities.")
+    items = []
+    for r in pruned:
+        s = r["sparsity"]
+        dense, pr, re = values("dense_acc", s), values("pruned_acc", s), values("retrained_acc", s)
+        items.append(f"At {pct(s)} sparsity ({acc(r['dense_acc'])}% original -> {acc(r['pruned_acc'])}% pruned -> "
+                     f"{acc(r['retrained_acc'])}% retrained): pruned vs original {compare(pr, dense).says()}; "
+                     f"retrained vs pruned {compare(re, pr).says()}; retrained vs original "
+                     f"{compare(re, dense).says()}.")
+    doc.bullets(items)
+    necessary = [(pct(r["sparsity"]), threshold(values("pruned_acc", r["sparsity"]), values("dense_acc", r["sparsity"]),
+                                                MATCH_POINTS)) for r in pruned]
+    doc.p(f"Retraining is necessary where pruning alone loses more than {MATCH_POINTS:g} point of accuracy. "
+          "Pruned (not retrained) against the original: "
+          + listing(necessary, f"within {MATCH_POINTS:g} point (retraining not necessary)",
+                    f"more than {MATCH_POINTS:g} point lower (retraining necessary)",
+                    f"within noise of the {MATCH_POINTS:g}-point margin") + ".")
     doc.h2("Does pruning improve accuracy?")
-    gains = [r for r in pruned if r["retrained_acc"] > r["dense_acc"]]
-    if gains:
-        doc.p("Pruning plus retraining beats the original network at "
-              + ", ".join(f"{pct(r['sparsity'])} ({signed(r['retrained_acc'] - r['dense_acc'])} points)"
-                          for r in gains) + ".")
-    else:
-        best = max(pruned, key=lambda r: r["retrained_acc"] - r["dense_acc"])
-        doc.p(f"Pruning brings no accuracy improvement over the original here: the closest is "
-              f"{pct(best['sparsity'])} sparsity at {signed(best['retrained_acc'] - best['dense_acc'])} points.")
+    gains = [(pct(r["sparsity"]), compare(values("retrained_acc", r["sparsity"]), values("dense_acc", r["sparsity"])))
+             for r in pruned]
+    doc.p("Pruning plus retraining against the original network: "
+          + listing(gains, "beats it", "below it") + ".")
     if tuned:
-        base = tuned["retrained_acc"]
+        base = values("retrained_acc", 0.0)
         doc.p(f"The original was trained {_fewer(res)}fewer epochs than the retrained networks. The dense network "
-              f"fine-tuned with the same schedule reaches {acc(base)}% ({signed(base - tuned['dense_acc'])} "
-              "points over the original), so the fair question is whether a pruned network beats it.")
-        better = [r for r in pruned if r["retrained_acc"] > base]
-        if better:
-            doc.p("Against the fine-tuned dense network, pruning improves accuracy at "
-                  + ", ".join(f"{pct(r['sparsity'])} ({signed(r['retrained_acc'] - base)} points)" for r in better)
-                  + ".")
-        else:
-            best = max(pruned, key=lambda r: r["retrained_acc"])
-            doc.p(f"Against the fine-tuned dense network, pruning improves accuracy at no sparsity: the best "
-                  f"pruned network ({pct(best['sparsity'])}) is {signed(best['retrained_acc'] - base)} points "
-                  "from it, so any gain over the original comes from the extra training, not from pruning.")
+              f"fine-tuned with the same schedule reaches {acc(tuned['retrained_acc'])}% (against the original: "
+              f"{compare(base, values('dense_acc', 0.0)).says('higher', 'lower')}), so the fair question is "
+              "whether a pruned network beats it.")
+        fair = [(pct(r["sparsity"]), compare(values("retrained_acc", r["sparsity"]), base)) for r in pruned]
+        doc.p("Against the fine-tuned dense network: " + listing(fair, "pruning improves accuracy",
+                                                                  "pruning lowers accuracy") + "."
+              + ("" if any(c.up for _, c in fair) else
+                 " Pruning is not called an improvement at any sparsity, so any gain over the original is not "
+                 "shown to come from pruning rather than from the extra training."))
     else:
         doc.p("No sparsity-0 run (the dense network fine-tuned with the same schedule) is in the results, so "
               "the comparison above also credits pruning with the extra training epochs; run python "

@@ -2,10 +2,13 @@
 answers (who beats random, the gap to pruning after training, whether shuffling and
 re-initialising keep the accuracy and inverting lowers it), every number computed from
 results/prune_at_init/ (and Tasks 2-3's summaries for the comparison) when the report is made.
+Every comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py).
 """
+import statistics
+
 from utils.plots import pct
 from utils.plots.prune_at_init import METHOD_NAMES, METHODS, RUN, dense_accuracy, select, summary_rows
-from utils.analysis.common import acc, signed
+from utils.analysis.common import acc, acc_sd, compare, listing, same, seed_values, seeds_caption, threshold
 from utils.document import Table
 
 # An ablation "keeps" the accuracy when it ends no more than this many points below the original;
@@ -26,10 +29,27 @@ def _first_config(res, rows):
     return {}
 
 
-def _compare(rows, method, ablation):
-    """[(sparsity, ablation − original)] where both were run."""
-    base, other = _by_sparsity(rows, method, "original"), _by_sparsity(rows, method, ablation)
-    return [(s, other[s] - base[s]) for s in sorted(base) if s in other]
+def _seed_values(res, method, ablation, sparsity):
+    """Per-seed final accuracy of (method, ablation) at `sparsity` (None where a seed lacks it)."""
+    def one(rep):
+        hit = [r for r in select(summary_rows(rep), method, ablation) if same(r["sparsity"], sparsity)]
+        return hit[0]["final_acc"] if hit else None
+    return res.per_seed(one)
+
+
+def _seed_means(res, method, ablation, sparsities):
+    """Per seed, the mean final accuracy of (method, ablation) over `sparsities` (None if one is missing)."""
+    def one(rep):
+        found = _by_sparsity(summary_rows(rep), method, ablation)
+        return statistics.fmean(found[s] for s in sparsities) if sparsities and all(s in found for s in sparsities) \
+            else None
+    return res.per_seed(one)
+
+
+def _common(rows, method, other_method, ablation="original", other_ablation="original"):
+    """The sparsities both (method, ablation) and (other_method, other_ablation) were run at."""
+    a, b = _by_sparsity(rows, method, ablation), _by_sparsity(rows, other_method, other_ablation)
+    return [s for s in sorted(a) if s in b]
 
 
 def section(doc, res):
@@ -51,54 +71,58 @@ def section(doc, res):
     for m in methods:
         by_ablation = {a: _by_sparsity(rows, m, a) for a in ABLATIONS}
         seconds = {r["sparsity"]: r["score_seconds"] for r in select(rows, m, "original")}
+        cells = {a: {r["sparsity"]: r for r in select(rows, m, a)} for a in ABLATIONS}
         for s in sorted(by_ablation["original"]):
-            table_rows.append([METHOD_NAMES[m], pct(s)] + [acc(by_ablation[a].get(s)) for a in ABLATIONS]
+            table_rows.append([METHOD_NAMES[m], pct(s)] + [acc_sd(cells[a].get(s), "final_acc") for a in ABLATIONS]
                               + [f"{seconds[s]:.2f}"])
     doc.table(Table("prune_at_init", "Test accuracy (%) after training each subnetwork pruned at "
-                    "initialisation, per ablation (n/a: not run; random runs original only)",
+                    "initialisation, per ablation (n/a: not run; random runs original only)" + seeds_caption(res),
                     ["method", "sparsity", "original", "shuffle", "reinit", "invert", "scoring (s)"], table_rows))
     doc.figure("prune_at_init_ablations")
     doc.figure("prune_at_init_layer_density")
 
     doc.h2("Which methods beat random pruning?")
-    random = _by_sparsity(rows, "random", "original")
     items = []
     for m in (m for m in methods if m != "random"):
-        mine = _by_sparsity(rows, m, "original")
-        diffs = [(s, mine[s] - random[s]) for s in sorted(mine) if s in random]
-        if diffs:
-            ahead = [s for s, d in diffs if d > 0]
-            items.append(f"{METHOD_NAMES[m]}: ahead of random at {len(ahead)} of {len(diffs)} sparsities ("
-                         + ", ".join(f"{pct(s)} {signed(d)}" for s, d in diffs)
-                         + f"; mean {signed(sum(d for _, d in diffs) / len(diffs))} points).")
+        common = _common(rows, m, "random")
+        if common:
+            per = [(pct(x), compare(_seed_values(res, m, "original", x), _seed_values(res, "random", "original", x)))
+                   for x in common]
+            mean = compare(_seed_means(res, m, "original", common), _seed_means(res, "random", "original", common))
+            items.append(f"{METHOD_NAMES[m]} vs random: {listing(per, 'ahead', 'behind')}; averaged over these "
+                         f"sparsities: {mean.says('ahead', 'behind')}.")
     if items:
         doc.bullets(items)
     else:
         doc.p("No random baseline to compare with: run python prune_at_init.py --methods random.")
 
     doc.h2("How far is pruning at initialisation from pruning after training?")
-    after = {}
+    after = {}  # sparsity -> [(name, mean accuracy, per-seed accuracies)]
     for r in res.magnitude:
-        after.setdefault(r["sparsity"], []).append(("magnitude after training (Task 2)", r["retrained_acc"]))
+        seeds = seed_values(res, lambda rep: rep.magnitude, "retrained_acc", sparsity=r["sparsity"])
+        after.setdefault(r["sparsity"], []).append(("magnitude after training (Task 2)", r["retrained_acc"], seeds))
     for r in res.lottery:
         if r.get("method") == "oneshot":
-            after.setdefault(r["sparsity"], []).append(("one-shot ticket (Task 3)", r["retrained_acc"]))
+            seeds = seed_values(res, lambda rep: rep.lottery, "retrained_acc", method="oneshot", sparsity=r["sparsity"])
+            after.setdefault(r["sparsity"], []).append(("one-shot ticket (Task 3)", r["retrained_acc"], seeds))
     if not after:
         doc.p("No pruning-after-training results (run python prune_magnitude.py and python lottery_imp.py) "
               "to compare with.")
     else:
         items = []
         for s in sorted(after):
-            at_init = [(METHOD_NAMES[m], _by_sparsity(rows, m, "original").get(s)) for m in methods]
-            at_init = [(n, a) for n, a in at_init if a is not None]
+            at_init = [(m, _by_sparsity(rows, m, "original").get(s)) for m in methods]
+            at_init = [(m, a) for m, a in at_init if a is not None]
             if not at_init:
                 continue
-            best_name, best = max(at_init, key=lambda x: x[1])
-            items.append(f"{pct(s)}: best at initialisation {best_name} {acc(best)}%; "
-                         + "; ".join(f"{name} {acc(a)}% ({signed(best - a)} points)" for name, a in after[s]) + ".")
+            best_method, best = max(at_init, key=lambda x: x[1])  # the best mean, compared per seed
+            best_seeds = _seed_values(res, best_method, "original", s)
+            items.append(f"{pct(s)}: best at initialisation {METHOD_NAMES[best_method]} {acc(best)}%; "
+                         + "; ".join(f"against {name} {acc(a)}%: {compare(best_seeds, seeds).says()}"
+                                     for name, a, seeds in after[s]) + ".")
         if items:
             doc.bullets(items)
-            doc.p("A negative number is the gap pruning at initialisation leaves to pruning after training. "
+            doc.p("A negative Δ is the gap pruning at initialisation leaves to pruning after training. "
                   "Tasks 2-3 use their own runs (their network and recipe: see their sections).")
         else:
             doc.p("Tasks 2-3 were run at " + ", ".join(pct(s) for s in sorted(after)) + " sparsity, none of which "
@@ -109,22 +133,27 @@ def section(doc, res):
     for m in (m for m in methods if m != "random"):
         parts = []
         for ablation, verb in (("shuffle", "keeps"), ("reinit", "keeps"), ("invert", "lowers")):
-            diffs = _compare(rows, m, ablation)
-            if not diffs:
+            common = _common(rows, m, m, ablation=ablation)
+            if not common:
                 continue
-            mean = sum(d for _, d in diffs) / len(diffs)
-            if verb == "keeps":
-                ok = all(d >= -POINTS for _, d in diffs)
-                word = "keeps" if ok else "does not keep"
+            per = [threshold(_seed_values(res, m, ablation, x), _seed_values(res, m, "original", x), POINTS)
+                   for x in common]
+            mean = compare(_seed_means(res, m, ablation, common), _seed_means(res, m, "original", common))
+            if not res.multi_seed:
+                word = "changes"  # one seed: the difference only, no verdict
+            elif verb == "keeps":
+                word = "keeps" if all(c.up for c in per) else "does not keep" if any(c.down for c in per) else \
+                    "is within noise of keeping"
             else:
-                ok = all(d < -POINTS for _, d in diffs)
-                word = "lowers" if ok else "does not always lower"
-            parts.append(f"{ablation} {word} it (mean {signed(mean)} points vs original)")
+                word = "lowers" if all(c.down for c in per) else "does not always lower" if any(c.up for c in per) \
+                    else "is within noise of lowering"
+            parts.append(f"{ablation} {word} it (mean vs original: {mean.says()})")
         if parts:
             items.append(f"{METHOD_NAMES[m]}: " + "; ".join(parts) + ".")
     doc.bullets(items)
-    doc.p(f"Keeps: never more than {POINTS:g} point below the original at any sparsity; lowers: more than "
-          f"{POINTS:g} point below at every sparsity. If shuffling keeps the accuracy, the method's per-layer "
+    doc.p(f"Keeps: called within {POINTS:g} point of the original at every sparsity; lowers: called more than "
+          f"{POINTS:g} point below at every sparsity (the noise rule against a {POINTS:g}-point margin; with one "
+          "seed neither is called). If shuffling keeps the accuracy, the method's per-layer "
           "sparsities, not its choice of individual weights, carry its result; if re-initialising keeps it, "
           "the initial values it pruned from do not matter; if inverting does not lower it, the score does "
           "not rank the weights by importance. Frankle et al. 2021 find that shuffling and re-initialising "

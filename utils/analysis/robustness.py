@@ -1,6 +1,26 @@
-"""Bonus: are pruned networks more robust, and what does adversarial training add?"""
-from utils.analysis.common import acc, pct, signed
+"""Bonus: are pruned networks more robust, and what does adversarial training add? Every
+comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
+from utils.analysis.common import acc, acc_sd, compare, listing, pct, same, seeds_caption
 from utils.document import Table
+from utils.replicates import SUMMARY_KEYS
+
+
+def _values(res, row, column):
+    """Per-seed `column` of the robustness row identified like `row` (its key columns)."""
+    keys = [k for k in SUMMARY_KEYS["robustness"] if k in row]
+
+    def one(rep):
+        hit = next((r for r in rep.robustness if all(same(r.get(k), row.get(k)) for k in keys)), None)
+        return None if hit is None else hit.get(column)
+    return res.per_seed(one)
+
+
+def _best_pgd(res, training):
+    """Per seed, the best PGD accuracy among the networks with that training."""
+    def one(rep):
+        found = [r["pgd_acc"] for r in rep.robustness if r.get("training") == training and r.get("pgd_acc") is not None]
+        return max(found) if found else None
+    return res.per_seed(one)
 
 
 def section(doc, res):
@@ -11,10 +31,10 @@ def section(doc, res):
         return
     doc.h1("Bonus: robustness of pruned networks")
     rows = sorted(rows, key=lambda r: (str(r.get("arch")), str(r.get("training")), r["sparsity"] or 0, str(r["model"])))
-    doc.table(Table("robustness", "Test accuracy (%) on clean images and under FGSM / PGD attack",
+    doc.table(Table("robustness", "Test accuracy (%) on clean images and under FGSM / PGD attack" + seeds_caption(res),
                     ["model", "arch", "training", "sparsity", "clean", "FGSM", "PGD"],
                     [[str(r["model"]), str(r.get("arch")), str(r.get("training")), pct(r["sparsity"] or 0),
-                      acc(r["clean_acc"]), acc(r["fgsm_acc"]), acc(r["pgd_acc"])] for r in rows]))
+                      acc_sd(r, "clean_acc"), acc_sd(r, "fgsm_acc"), acc_sd(r, "pgd_acc")] for r in rows]))
     doc.figure("robustness")
     doc.h2("Are pruned networks more robust?")
     items = []
@@ -25,14 +45,20 @@ def section(doc, res):
         if not dense or not pruned:
             continue
         d = dense[0]
-        better = [r for r in pruned if r["pgd_acc"] > d["pgd_acc"]]
-        best = max(pruned, key=lambda r: r["pgd_acc"])
-        items.append(f"{arch}, {training} training: {len(better)} of {len(pruned)} pruned networks beat the dense "
-                     f"one under PGD ({acc(d['pgd_acc'])}%); the most robust is {best['model']} at "
-                     f"{acc(best['pgd_acc'])}% ({signed(best['pgd_acc'] - d['pgd_acc'])} points).")
+        base = _values(res, d, "pgd_acc")
+        vs = [(str(r["model"]), compare(_values(res, r, "pgd_acc"), base)) for r in pruned]
+        text = f"{arch}, {training} training, pruned vs dense under PGD ({acc(d['pgd_acc'])}%): "
+        if res.multi_seed:
+            text += (f"{sum(c.up for _, c in vs)} of {len(vs)} pruned networks called more robust; "
+                     + listing(vs, "more robust", "less robust", count_noise=True))
+        else:
+            text += listing(vs)
+        items.append(text + ".")
     doc.bullets(items)
     pgd = [r for r in rows if r.get("training") == "pgd"]
     nat = [r for r in rows if r.get("training") == "natural"]
     if pgd and nat:
+        c = compare(_best_pgd(res, "pgd"), _best_pgd(res, "natural"))
         doc.p(f"Adversarial training: best PGD accuracy {acc(max(r['pgd_acc'] for r in pgd))}% with PGD training "
-              f"vs {acc(max(r['pgd_acc'] for r in nat))}% with natural training.")
+              f"vs {acc(max(r['pgd_acc'] for r in nat))}% with natural training (best of each, per seed): "
+              f"{c.says('higher with PGD training', 'lower with PGD training')}.")

@@ -2,8 +2,9 @@
 import os
 import platform
 
-from utils.analysis.common import acc, arch_label, hms
+from utils.analysis.common import acc_sd, arch_label, hms
 from utils.document import Table
+from utils.noise import seed_note
 from utils.plots.common import read_csv
 
 RECIPE_COLUMNS = ["run", "epochs", "batch", "lr", "momentum", "weight decay", "milestones",
@@ -23,9 +24,19 @@ def recipe_row(name, cfg):
 
 
 def trajectory_seconds(res, task):
-    """Wall-clock seconds of every epoch row of every trajectory under results/<task>/."""
-    paths = res.path(task).rglob("trajectory.csv") if res.path(task).is_dir() else []
-    return sum(row.get("seconds") or 0.0 for p in paths for row in read_csv(p))
+    """Wall-clock seconds of every epoch row of every trajectory under results/<task>/, summed
+    over the seeds' replicates (the time all of them took)."""
+    def one(rep):
+        paths = rep.path(task).rglob("trajectory.csv") if rep.path(task).is_dir() else []
+        return sum(row.get("seconds") or 0.0 for p in paths for row in read_csv(p))
+    return sum(res.per_seed(one))
+
+
+def seeds_text(res, cfg):
+    """'seed 0', or 'seeds 0, 1, 2: one complete replicate each' for a multi-seed results folder."""
+    if res.multi_seed:
+        return f"seeds {', '.join(map(str, res.seeds))}: one complete replicate each"
+    return f"seed {cfg.get('seed', '?')}"
 
 
 def title(res):
@@ -39,19 +50,20 @@ def section(doc, res):
     doc.p("Every table and number below is computed from the files in the results folder when this "
           "report is made (python make_report.py); the figures are the ones plot_results.py writes.")
     if dense:
-        doc.p(f"Original (dense) {arch}: {acc(dense['test_acc'])}% test accuracy after {dense['epochs']} "
-              f"epochs ({dense.get('params', 0):,} parameters).")
+        doc.p(f"Original (dense) {arch}: {acc_sd(dense, 'test_acc')}% test accuracy after {dense['epochs']:g} "
+              f"epochs ({int(dense.get('params', 0)):,} parameters).")
     doc.h1("Experimental set-up")
     if dense:
         cfg = dense.get("config", {})
         doc.p(f"Network: {cfg.get('arch', 'resnet20')} (shortcut option {cfg.get('shortcut', '?')}), "
-              f"{dense.get('params', 0):,} parameters, trained from a seeded initialisation (seed "
-              f"{cfg.get('seed', '?')}) with SGD, a step learning-rate schedule (x0.1 after each "
+              f"{int(dense.get('params', 0)):,} parameters, trained from a seeded initialisation ("
+              f"{seeds_text(res, cfg)}) with SGD, a step learning-rate schedule (x0.1 after each "
               f"milestone), random crop (padding 4) and horizontal flip; the network-slimming L1 "
               f"penalty on BatchNorm scales was {cfg.get('bn_l1', 0)}. Accuracies are on the CIFAR-10 "
               f"test images used ({'all' if not cfg.get('test_subset') else cfg['test_subset']}).")
     else:
         doc.p("No dense run found (results/dense/summary.json): run python train_dense.py.")
+    doc.p(seed_note(res.seeds))
     rows, devices = [], set()
     for task, name in TASKS:
         runs = res.runs(task)
@@ -71,7 +83,9 @@ def section(doc, res):
         total = sum(s for _, s in times)
         rows.append(["total", hms(total), f"{total:.0f}"])
         doc.table(Table("time", "Time taken: the sum of the trajectories' per-epoch seconds "
-                        "(training and evaluation)", ["step", "time", "seconds"], rows))
+                        "(training and evaluation)"
+                        + (f", all {len(res.seeds)} seeds together" if res.multi_seed else ""),
+                        ["step", "time", "seconds"], rows))
     host = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
     doc.p(f"Hardware: the runs report device(s) {', '.join(sorted(devices)) or 'unknown'}; this report "
           f"was assembled on {host}.")

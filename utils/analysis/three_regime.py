@@ -1,6 +1,8 @@
 """Report section of the three-regime phase model (three_regime.py), from its summary.csv and
 regimes.json only: the grid table, the best temperature per density, and whether heating (fewer
-dense epochs, or a smaller dense batch) helps at low density but hurts at high density."""
+dense epochs, or a smaller dense batch) helps at low density but hurts at high density. Every
+comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
+from utils.analysis.common import compare, seed_values, seeds_caption
 from utils.plots import pct
 from utils.document import Table
 from utils.three_regime import AXES, REGIMES
@@ -37,6 +39,12 @@ def heating_effect(rows):
     return out
 
 
+def _retrained(res, axis, temperature, density):
+    """Per-seed retrained accuracy (mean over copies) of one grid cell."""
+    return seed_values(res, lambda rep: rep.csv("three_regime", axis, "summary.csv"), "retrained_acc",
+                       temperature=temperature, density=density)
+
+
 def section(doc, res):
     doc.h1("Three-regime model of pruning: temperature x load")
     doc.p("Zhou et al. (ICML 2023): each cell is the dense network at a temperature, every conv layer "
@@ -56,7 +64,8 @@ def section(doc, res):
         doc.table(Table(
             f"three_regime_{axis}",
             f"Three-regime grid ({axis}): test accuracy (%) of the dense net at that temperature, pruned "
-            "(not retrained) and retrained (mean ± sd over copies); mc, barrier, cka (means over pairs)",
+            "(not retrained) and retrained (mean ± sd over copies); mc, barrier, cka (means over pairs)"
+            + seeds_caption(res).replace("mean ± sd", "each cell the mean"),
             [UNIT[axis], "density", "dense", "pruned", "retrained", "mc", "barrier", "cka", "regime"],
             [[f"{r['temperature']:g}", pct(r["density"]), _f(r["dense_acc"]), _f(r["pruned_acc"]),
               f"{_f(r['retrained_acc'])} ± {_f(r.get('retrained_acc_std'))}", _f(r["mc"], 4),
@@ -69,24 +78,40 @@ def section(doc, res):
               + ", ".join(f"{counts[g]} cell{'s' * (counts[g] != 1)} in {g}" for g in REGIMES) + ".")
 
         doc.h3("Which temperature is best at each density?")
-        doc.bullets([f"density {pct(d)}: {UNIT[axis]} {r['temperature']:g} (test error {error(r):.2f}%, "
-                     f"regime {r.get('regime') or 'n/a'})" for d, r in best_per_density(rows).items()])
+        items = []
+        for d, r in best_per_density(rows).items():
+            text = (f"density {pct(d)}: {UNIT[axis]} {r['temperature']:g} (test error {error(r):.2f}%, "
+                    f"regime {r.get('regime') or 'n/a'})")
+            others = sorted((x for x in rows if x["density"] == d and x is not r), key=error)
+            if others:  # the best against the runner-up, on accuracy (= minus the error)
+                nxt = others[0]["temperature"]
+                c = compare(_retrained(res, axis, r["temperature"], d), _retrained(res, axis, nxt, d))
+                text += f"; against the next best ({UNIT[axis]} {nxt:g}): {c.says('ahead', 'behind')}"
+            items.append(text)
+        doc.bullets(items)
 
         doc.h3("Does heating help at low density but hurt at high density?")
         effect = heating_effect(rows)
         if len(effect) < 2:
             doc.p("Needs at least two temperatures at two densities; rerun with more --temperatures and --densities.")
             continue
-        temps = sorted({r["temperature"] for r in rows})
-        hot, cold = temps[0], temps[-1]
-        doc.bullets([f"density {pct(d)}: {UNIT[axis]} {hot:g} vs {cold:g}: "
-                     f"{'heating helps' if e > 0 else 'heating hurts' if e < 0 else 'no difference'} "
-                     f"({e:+.2f} points of test error saved by {HEAT[axis]})" for d, e in effect.items()])
+        ends = {d: (min(r["temperature"] for r in rows if r["density"] == d),
+                    max(r["temperature"] for r in rows if r["density"] == d)) for d in effect}  # (hottest, coldest)
+        # per seed: test error saved by heating = retrained accuracy at the hottest - at the coldest
+        heat = {d: compare(_retrained(res, axis, hot, d), _retrained(res, axis, cold, d))
+                for d, (hot, cold) in ends.items()}
+        doc.bullets([f"density {pct(d)}: {UNIT[axis]} {ends[d][0]:g} vs {ends[d][1]:g}: "
+                     f"{heat[d].says('heating helps', 'heating hurts')} (test error saved by {HEAT[axis]})"
+                     for d in effect])
         low, high = min(effect), max(effect)
-        helps_low, hurts_high = effect[low] > 0, effect[high] < 0
+        helps_low, hurts_high = heat[low].up, heat[high].down
+        if not res.multi_seed:
+            doc.p(f"With one seed this is not called: at the lowest density ({pct(low)}) heating saves "
+                  f"{heat[low].delta()}, at the highest ({pct(high)}) {heat[high].delta()}. The paper's dichotomy "
+                  "is that a hotter dense network prunes better at low density and worse at high density.")
+            continue
         verdict = "Yes" if helps_low and hurts_high else "No"
         doc.p(f"{verdict}: at the lowest density ({pct(low)}) heating "
-              f"{'helps' if helps_low else 'does not help'} ({effect[low]:+.2f} points), at the highest "
-              f"({pct(high)}) it {'hurts' if hurts_high else 'does not hurt'} ({effect[high]:+.2f} points). "
-              "The paper's dichotomy is that a hotter dense network prunes better at low density and worse "
-              "at high density.")
+              f"{heat[low].says('helps', 'hurts', 'is within noise')}, at the highest ({pct(high)}) it "
+              f"{heat[high].says('helps', 'hurts', 'is within noise')}. The paper's dichotomy is that a hotter "
+              "dense network prunes better at low density and worse at high density.")
