@@ -134,6 +134,10 @@ class Results:
 
     @property
     def detection(self):
+        """early_bird/detection.json (several seeds: the first seed's, like `mask_distances`: each
+        seed's detector fires at its own epoch, and an averaged epoch indexes nothing)."""
+        if self.multi_seed:
+            return self.replicates[0].detection
         return self.json("early_bird", "detection.json")
 
     @property
