@@ -22,6 +22,7 @@ from utils.plots.leaderboard import fig_leaderboard_cost, fig_leaderboard_sparsi
 from utils.plots.magnitude import fig_magnitude_trajectories
 from utils.plots.overview import fig_accuracy_vs_sparsity
 from utils.replicates import write_aggregates
+from utils.three_regime import SUMMARY_COLUMNS as THREE_REGIME
 
 matplotlib.use("Agg")
 
@@ -31,7 +32,6 @@ LAYER1_CONV1_FLOPS = 2 * 2304 * 32 * 32  # its 2304 weights, each used at 32x32 
 KEYS = {"magnitude": ["sparsity"], "lottery": ["method", "sparsity", "round"],
         "early_bird": ["ticket_epoch", "ratio"], "robustness": ["model", "arch", "training"],
         "three_regime": ["axis", "temperature", "density"]}
-THREE_REGIME = ["axis", "temperature", "density", "retrained_acc", "mc", "regime"]
 
 
 def shift_seed(root, seed):
@@ -56,8 +56,8 @@ def shift_seed(root, seed):
 def three_regime(root, seed):
     for axis, temps in (("epochs", (2, 4)), ("batch-size", (32,))):
         write_csv(root / "three_regime" / axis / "summary.csv", THREE_REGIME,
-                  [(axis, t, d, 80.0 + t + 10 * d + 3 * seed * d, -0.1 + 0.05 * seed, "II-A")
-                   for t in temps for d in (0.1, 0.5)])
+                  [(axis, t, d, 85.0, 40.0 + t, 0.0, 80.0 + t + 10 * d + 3 * seed * d, 0.0, -0.1 + 0.05 * seed, 0.0,
+                    0.2, 0.0, 0.9 - d, 0.0, 1, "II-A") for t in temps for d in (0.1, 0.5)])
 
 
 def make_seeds(root, seeds=(0, 1)):

@@ -2,7 +2,6 @@
 the training cost each paid (utils/leaderboard.py), as one table and two figures."""
 from utils.analysis.common import acc
 from utils.document import Table
-from utils.leaderboard import Leaderboard
 from utils.plots.leaderboard import pruned_board
 
 
@@ -24,7 +23,8 @@ def section(doc, res):
         return
     seeds = (f"Accuracies are the mean ± the sample standard deviation over n = {len(res.seeds)} seeds "
              "(n in the table: the seeds that hold the run). " if res.multi_seed else
-             "One seed: the accuracies carry the seed-to-seed noise of one run (see the report's noise rule). ")
+             "One seed: each accuracy is a single run, as noisy as one run is (bench/accuracy.py measures "
+             "how far runs of different seeds spread); python run_all.py --seeds 0 1 2 gives error bars. ")
     doc.p("Every trained network the results hold, sorted by weight sparsity (the fraction of the "
           "prunable Conv2d/Linear weights removed: the target for masked methods, measured for the "
           "channel-pruned Early-Bird and EarlyCroP networks), with its test accuracy and the training "
