@@ -93,7 +93,8 @@ def three_regime_figure(axis):
         temps, dens, mats, regimes = matrices(rows)
         _, _, cell = grid(rows)
         # several seeds: the error cells also say ± the seed-to-seed sd of the retrained accuracy
-        error_sd = np.array([[sd_of(cell.get((t, d)) or {}, "retrained_acc") or np.nan for d in dens] for t in temps])
+        sds = [[sd_of(cell.get((t, d)) or {}, "retrained_acc") for d in dens] for t in temps]
+        error_sd = np.array([[np.nan if v is None else v for v in row] for row in sds], dtype=float)
         thresholds = res.json("three_regime", axis, "regimes.json") or {}
         fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
         for ax, (key, title, cmap) in zip(axes.flat, PANELS):
