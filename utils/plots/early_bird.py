@@ -3,7 +3,7 @@ what the Early-Bird detector sees."""
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils.plots.common import (FigureSpec, col, errorbar, folder_fraction, hline, pct, ratio_key, seeds_note,
+from utils.plots.common import (FigureSpec, errorbar, folder_fraction, hline, pct, ratio_key, seeds_note,
                                 trajectory_grid)
 
 
