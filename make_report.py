@@ -5,13 +5,16 @@ and results/code.zip (the tracked source), from the files in results/ alone.
     python make_report.py --results-dir /tmp/r --papers docs/papers.md
 
 Also writes results/report.md, the same text and tables as the PDF in Markdown. Every number is
-computed from the results when the report is made; a missing part is noted, not invented.
+computed from the results when the report is made; a missing part is noted, not invented. A
+results folder of `seed_<s>/` replicates (run_all.py --seeds) is reported as their mean (± sd),
+after writing each task's `aggregate.csv`.
 """
 from pathlib import Path
 
 from utils.code_zip import write_code_zip
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
+from utils.replicates import write_aggregates
 from utils.report import write_report
 
 REPO = Path(__file__).resolve().parent
@@ -35,14 +38,18 @@ def main(argv=None):
         raise UserError(f"no results folder {results_dir}; run python run_all.py (or the task scripts) "
                         "first, or pass --results-dir")
 
-    # Step 1: the report, rebuilt from results/ (PDF plus its Markdown twin).
+    # Step 1: several seeds (seed_<s>/ folders): each task's aggregate.csv (mean, std, n per column).
+    for path in write_aggregates(results_dir):
+        print(f"wrote {path}")
+
+    # Step 2: the report, rebuilt from results/ (PDF plus its Markdown twin).
     pdf_path, md_path = results_dir / "report.pdf", results_dir / "report.md"
     doc, pages, skipped = write_report(results_dir, args.papers, pdf_path, md_path)
     for line in skipped.values():
         print(line)
     print(f"wrote {pdf_path} ({pages} pages, {len(doc.tables)} tables) and {md_path}")
 
-    # Step 2: the code, tracked source only.
+    # Step 3: the code, tracked source only.
     if not args.no_zip:
         names = write_code_zip(REPO, results_dir / "code.zip")
         print(f"wrote {results_dir / 'code.zip'} ({len(names)} files)")

@@ -3,7 +3,9 @@
     python plot_results.py                                  # results/ -> plots/
     python plot_results.py --results-dir /tmp/r --plots-dir /tmp/p
 
-A figure whose input is missing is skipped with one line naming the command that makes it.
+A figure whose input is missing is skipped with one line naming the command that makes it. A
+results folder of `seed_<s>/` replicates (run_all.py --seeds) is drawn as their mean with error
+bars or bands of ± the seed-to-seed sd, after writing each task's `aggregate.csv`.
 """
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import matplotlib.pyplot as plt
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
 from utils.plots import FIGURES, Results, build_figure, save_figure
+from utils.replicates import write_aggregates
 
 
 def parse_args(argv):
@@ -29,7 +32,11 @@ def main(argv=None):
         raise UserError(f"no results folder {results_dir}; run python run_all.py (or the task "
                         "scripts) first, or pass --results-dir")
 
-    # Each figure from its own files; a missing input skips just that figure.
+    # Step 1: several seeds (seed_<s>/ folders): each task's aggregate.csv (mean, std, n per column).
+    for path in write_aggregates(results_dir):
+        print(f"wrote {path}")
+
+    # Step 2: each figure from its own files; a missing input skips just that figure.
     res = Results(results_dir)
     written = 0
     for spec in FIGURES:

@@ -13,14 +13,16 @@ import torch
 
 from conftest import REPO, assert_user_error, run_script
 from fixtures.results_tree import DENSE_ACC, EARLY_BIRD, LOTTERY, MAGNITUDE, TICKET_EPOCHS, make_results_tree
-from utils.plots import FIGURES, Results, dense, early_bird, lottery, magnitude, overview, robustness
+from utils.plots import FIGURES, Results, dense, early_bird, leaderboard, lottery, magnitude, overview, robustness
 from utils.plots.early_bird import fig_early_bird_accuracy, fig_mask_distance
 from utils.plots.overview import fig_accuracy_vs_sparsity
 
 matplotlib.use("Agg")
 
-# the figures of the tasks the fixture tree holds results for (not the newer tasks')
-CORE_FIGURE_NAMES = {f.name for m in (dense, magnitude, lottery, overview, early_bird, robustness) for f in m.FIGURES}
+# the figures of the tasks the fixture tree holds results for (not the newer tasks'), and the
+# leaderboard drawn from them
+CORE_FIGURE_NAMES = {f.name for m in (dense, magnitude, lottery, overview, early_bird, robustness, leaderboard)
+                     for f in m.FIGURES}
 
 
 def md_table(md, name):
@@ -60,6 +62,8 @@ def test_plot_results_writes_every_figure(results, tmp_path):
     assert "skipped lottery_control_random_trajectories" in proc.stdout
     assert "python lottery_imp.py --controls random" in proc.stdout
     assert not list(plots.glob(".*.tmp"))  # atomic writes leave no temporaries
+    # one seed: no aggregate.csv, nothing said about one
+    assert "aggregate" not in proc.stdout and not list(results.rglob("aggregate.csv"))
 
 
 def _line(ax, label):

@@ -164,6 +164,21 @@ def count_flops(model, image_size=32):
     return int(counter.get_total_flops())
 
 
+@torch.no_grad()
+def layer_flops(model, image_size=32):
+    """Forward FLOPs of one image per prunable weight ({'layer1.0.conv1.weight': FLOPs}), counted
+    as `count_flops` counts them (their sum is `count_flops(model)` for a network whose FLOPs are
+    all in Conv2d and Linear layers, as every model here)."""
+    net = copy.deepcopy(model).cpu().eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        net(torch.zeros(1, 3, image_size, image_size))
+    counts = counter.get_flop_counts()
+    root = type(net).__name__
+    return {f"{name}.weight": int(sum(counts.get(f"{root}.{name}", {}).values()))
+            for name, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+
+
 @torch.inference_mode()
 def forward_seconds(models, x, repeats=10, warmup=2):
     """Fastest of `repeats` timed forward passes of `x` through each model, in seconds.

@@ -72,11 +72,22 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def summary_task(folder):
+    """The task whose summary.csv a results folder holds: its name, or the task it starts with
+    when `--run-name` gave it a suffix ('lottery_rewind_010' -> 'lottery',
+    'early_bird_dense2' -> 'early_bird'); None for an unknown folder."""
+    if folder in SUMMARY_KEYS:
+        return folder
+    prefixes = [t for t in SUMMARY_KEYS if t and folder.startswith(t + "_")]
+    return max(prefixes, key=len) if prefixes else None
+
+
 def key_columns(table_name, columns, rows):
     """The columns that identify a row of `table_name` ('lottery/summary.csv', ...)."""
     parts = Path(table_name).parts
-    if parts and parts[-1] == "summary.csv" and parts[0] in SUMMARY_KEYS:
-        return [c for c in columns if c in SUMMARY_KEYS[parts[0]]]
+    task = summary_task(parts[0]) if parts else None
+    if parts and parts[-1] == "summary.csv" and task is not None:
+        return [c for c in columns if c in SUMMARY_KEYS[task]]
     return [c for c in columns if c in GENERIC_KEYS
             or any(r.get(c) is not None and not _is_number(r.get(c)) for r in rows)]
 
@@ -150,6 +161,8 @@ def aggregate_long(tables, table_name=""):
     out = []
     for row in merged:
         for c, n in row.n.items():
+            if not n:  # a column no seed measured (all cells empty): nothing to average
+                continue
             out.append({**{k: row.get(k) for k in keys}, "column": c, "mean": row[c], "std": row.sd[c], "n": n})
     return out, keys + ["column", "mean", "std", "n"]
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from utils.errors import UserError  # noqa: E402
 from utils.io import _atomic_write, load_json  # noqa: E402
-from utils.replicates import mean_json, mean_rows, seed_folders  # noqa: E402
+from utils.replicates import mean_json, mean_rows, sd_of, seed_folders  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +134,10 @@ class Results:
 
     @property
     def detection(self):
+        """early_bird/detection.json (several seeds: the first seed's, like `mask_distances`: each
+        seed's detector fires at its own epoch, and an averaged epoch indexes nothing)."""
+        if self.multi_seed:
+            return self.replicates[0].detection
         return self.json("early_bird", "detection.json")
 
     @property
@@ -202,6 +206,54 @@ def pct(fraction):
     return f"{100 * fraction:g}%"
 
 
+def seeds_note(res):
+    """What a title adds for several seeds: ' (mean ± sd over n = 3 seeds)'; '' for one seed."""
+    return f" (mean ± sd over n = {len(res.seeds)} seeds)" if res.multi_seed else ""
+
+
+def _xs(rows, x):
+    """x values: a column name, a function of a row, or the values themselves."""
+    if isinstance(x, str):
+        return col(rows, x)
+    if callable(x):
+        return [x(r) for r in rows]
+    return list(x)
+
+
+def errorbar(ax, rows, x, y, fmt="o-", **kw):
+    """Plot column `y` of `rows` against `x` (see `_xs`): with error bars of ± the seed-to-seed sd
+    where the rows average several seeds (utils/replicates.py), else a plain line as for one seed.
+    Returns the artist (ErrorbarContainer or Line2D)."""
+    xs, ys = _xs(rows, x), col(rows, y)
+    sds = [sd_of(r, y) for r in rows]
+    if not any(sd is not None for sd in sds):
+        return ax.plot(xs, ys, fmt, **kw)[0]
+    return ax.errorbar(xs, ys, yerr=[sd or 0.0 for sd in sds], fmt=fmt, capsize=3, **kw)
+
+
+def band(ax, rows, x, y, fmt="-", **kw):
+    """A line of column `y` against `x` with a shaded band of ± the seed-to-seed sd where the rows
+    average several seeds; a plain line for one seed. Returns the line."""
+    xs, ys = _xs(rows, x), col(rows, y)
+    line = ax.plot(xs, ys, fmt, **kw)[0]
+    sds = [sd_of(r, y) for r in rows]
+    if any(sd is not None for sd in sds):
+        pairs = [(a, m, s or 0.0) for a, m, s in zip(xs, ys, sds) if m is not None]
+        ax.fill_between([a for a, _, _ in pairs], [m - s for _, m, s in pairs], [m + s for _, m, s in pairs],
+                        color=line.get_color(), alpha=0.2, lw=0)
+    return line
+
+
+def hline(ax, row, column, **kw):
+    """A horizontal reference line at `row[column]`, with a band of ± its sd over seeds if any."""
+    value = row[column]
+    line = ax.axhline(value, **kw)
+    sd = sd_of(row, column)
+    if sd:
+        ax.axhspan(value - sd, value + sd, color=line.get_color(), alpha=0.12, lw=0)
+    return line
+
+
 def save_figure(fig, stem):
     """Write `stem`.png and `stem`.pdf atomically; return the two paths."""
     paths = []
@@ -215,13 +267,14 @@ def save_figure(fig, stem):
 
 
 def trajectory_grid(runs, title, label_fn=lambda k: k, cmap="viridis"):
-    """2x2 panels (loss / accuracy x train / test) with one line per run."""
+    """2x2 panels (loss / accuracy x train / test) with one line per run (several seeds: the mean
+    with a band of ± sd; the title should say n, `seeds_note`)."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     colors = plt.get_cmap(cmap)(np.linspace(0, 0.9, max(len(runs), 1)))
     for color, (name, rows) in zip(colors, runs.items()):
         for j, split in enumerate(("train", "test")):
-            axes[0, j].plot(col(rows, "epoch"), col(rows, f"{split}_loss"), color=color, label=label_fn(name))
-            axes[1, j].plot(col(rows, "epoch"), col(rows, f"{split}_acc"), color=color, label=label_fn(name))
+            band(axes[0, j], rows, "epoch", f"{split}_loss", color=color, label=label_fn(name))
+            band(axes[1, j], rows, "epoch", f"{split}_acc", color=color, label=label_fn(name))
     for j, split in enumerate(("training", "test")):
         axes[0, j].set_title(f"{split} loss")
         axes[1, j].set_title(f"{split} accuracy")

@@ -3,7 +3,8 @@ what the Early-Bird detector sees."""
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils.plots.common import FigureSpec, col, folder_fraction, pct, ratio_key, trajectory_grid
+from utils.plots.common import (FigureSpec, errorbar, folder_fraction, hline, pct, ratio_key, seeds_note,
+                                trajectory_grid)
 
 
 def fig_early_bird_trajectories(res):
@@ -14,7 +15,8 @@ def fig_early_bird_trajectories(res):
     def label(folder):
         _, e, r = folder.split("/")
         return f"ticket epoch {folder_fraction(e)}, {pct(folder_fraction(r))} channels pruned"
-    return trajectory_grid(runs, f"Task 4: retraining each Early-Bird ticket ({len(runs)} runs: ticket epoch x ratio)",
+    return trajectory_grid(runs, f"Task 4: retraining each Early-Bird ticket ({len(runs)} runs: ticket epoch x ratio)"
+                           + seeds_note(res),
                            label, "tab10")
 
 
@@ -27,15 +29,15 @@ def fig_early_bird_accuracy(res):
     colors = plt.get_cmap("tab10")(range(len(ratios)))
     for color, ratio in zip(colors, ratios):
         sub = [r for r in rows if r["ratio"] == ratio]
-        ax.plot(col(sub, "ticket_epoch"), col(sub, "retrained_acc"), "o-", color=color,
-                label=f"{pct(ratio)} channels pruned, retrained")
-        ax.plot(col(sub, "ticket_epoch"), col(sub, "pruned_acc"), "x--", color=color, alpha=0.6,
-                label=f"{pct(ratio)} channels pruned, not retrained")
+        errorbar(ax, sub, "ticket_epoch", "retrained_acc", "o-", color=color,
+                 label=f"{pct(ratio)} channels pruned, retrained")
+        errorbar(ax, sub, "ticket_epoch", "pruned_acc", "x--", color=color, alpha=0.6,
+                 label=f"{pct(ratio)} channels pruned, not retrained")
     dense_acc = rows[0].get("dense_acc")
     if dense_acc is not None:
-        ax.axhline(dense_acc, color="black", ls=":", label=f"dense, fully trained ({dense_acc:.2f}%)")
+        hline(ax, rows[0], "dense_acc", color="black", ls=":", label=f"dense, fully trained ({dense_acc:.2f}%)")
     ax.set(xlabel="ticket epoch (dense training epochs before pruning)", ylabel="test accuracy (%)",
-           title="Task 4: how early can the Early-Bird ticket be drawn?")
+           title="Task 4: how early can the Early-Bird ticket be drawn?" + seeds_note(res))
     ax.set_xticks(sorted({r["ticket_epoch"] for r in rows}))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -53,7 +55,7 @@ def fig_mask_distance(res):
     maps = res.mask_distances()
     if not maps:
         return None
-    detection = res.detection
+    detection = res.replicates[0].detection  # the seed whose distances are drawn
     fig, axes = plt.subplots(1, len(maps), figsize=(5.6 * len(maps), 5), squeeze=False)
     for ax, (ratio, (epochs, matrix)) in zip(axes[0], maps.items()):
         lo, hi = (epochs[0], epochs[-1]) if epochs else (0, len(matrix) - 1)
@@ -68,13 +70,18 @@ def fig_mask_distance(res):
             ax.legend(loc="upper left", fontsize=8)
         name = f"{pct(ratio)} channels pruned" if ratio is not None else "mask distance"
         ax.set(xlabel="epoch", ylabel="epoch", title=name)
-    fig.suptitle("Task 4: when do the channel masks stop changing? Pairwise mask distance")
+    fig.suptitle("Task 4: when do the channel masks stop changing? Pairwise mask distance" + first_seed_note(res))
     fig.tight_layout()
     return fig
 
 
+def first_seed_note(res):
+    """Each seed's detector sees its own epochs, so several seeds draw the first one's and say so."""
+    return f" (seed {res.seeds[0]} of {len(res.seeds)})" if res.multi_seed else ""
+
+
 def fig_detector(res):
-    detection = res.detection
+    detection = res.replicates[0].detection
     if not detection or not detection.get("ratios"):
         return None
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -88,7 +95,7 @@ def fig_detector(res):
     ax.axhline(detection.get("eps", 0.1), color="black", ls=":", label=f"threshold eps = {detection.get('eps')}")
     ax.set(xlabel="dense training epoch", ylabel="max mask distance to the previous masks",
            title=f"Task 4: Early-Bird detector (window {detection.get('window')}): "
-                 "first epoch the mask settles below eps")
+                 "first epoch the mask settles below eps" + first_seed_note(res))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -7,7 +7,8 @@ each sparsity's threshold and prune epoch.
 """
 import matplotlib.pyplot as plt
 
-from utils.plots import FigureSpec, col, pct
+from utils.plots import FigureSpec, pct
+from utils.plots.common import errorbar, hline, seeds_note
 
 STRUCTURED = ["earlycrop_s", "crop_s", "random_s", "early_bird"]
 UNSTRUCTURED = ["earlycrop_u", "crop_u", "random_u", "snip", "grasp", "ltr"]
@@ -34,21 +35,21 @@ def fig_earlycrop_accuracy(res):
             sub = sorted((r for r in rows if r["method"] == method), key=lambda r: r["weight_sparsity"])
             if sub:
                 style = "o-" if method.startswith("earlycrop") else "s--"
-                ax.plot([100 * r["weight_sparsity"] for r in sub], col(sub, "test_acc"), style,
-                        label=LABELS.get(method, method))
+                errorbar(ax, sub, [100 * r["weight_sparsity"] for r in sub], "test_acc", style,
+                         label=LABELS.get(method, method))
         if dense:
-            ax.axhline(dense["test_acc"], color="black", ls=":", label=f"dense ({dense['test_acc']:.2f}%)")
+            hline(ax, dense, "test_acc", color="black", ls=":", label=f"dense ({dense['test_acc']:.2f}%)")
         ax.set(xlabel="weight sparsity (% of the prunable weights gone)", title=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("test accuracy after training (%)")
-    fig.suptitle("EarlyCroP: does pruning early by gradient flow keep the accuracy?")
+    fig.suptitle("EarlyCroP: does pruning early by gradient flow keep the accuracy?" + seeds_note(res))
     fig.tight_layout()
     return fig
 
 
 def fig_earlycrop_detector(res):
-    det = res.json("earlycrop", "detection.json")
+    det = res.replicates[0].json("earlycrop", "detection.json")  # each seed's detector sees its own run
     if not det or not det.get("delta"):
         return None
     fig, (ax_d, ax_r) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -73,7 +74,8 @@ def fig_earlycrop_detector(res):
     for ax in (ax_d, ax_r):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("EarlyCroP: when do the weights stop moving fast? (prune at the first ratio below the threshold)")
+    fig.suptitle("EarlyCroP: when do the weights stop moving fast? (prune at the first ratio below the threshold)"
+                 + (f" (seed {res.seeds[0]} of {len(res.seeds)})" if res.multi_seed else ""))
     fig.tight_layout()
     return fig
 

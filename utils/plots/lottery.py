@@ -1,5 +1,5 @@
 """Task 3's figures: training each ticket (one-shot, every IMP round) and each control."""
-from utils.plots.common import FigureSpec, folder_fraction, sparsity_label, trajectory_grid
+from utils.plots.common import FigureSpec, folder_fraction, seeds_note, sparsity_label, trajectory_grid
 
 
 def lottery_figure(method, title):
@@ -9,7 +9,7 @@ def lottery_figure(method, title):
         if not runs:
             return None
         runs = dict(sorted(runs.items(), key=lambda kv: folder_fraction(kv[0].rsplit("/", 1)[-1])))
-        return trajectory_grid(runs, title, sparsity_label, "plasma")
+        return trajectory_grid(runs, title + seeds_note(res), sparsity_label, "plasma")
     return build
 
 

@@ -1,5 +1,5 @@
 """Task 2's figure: does retraining recover each magnitude-pruned network?"""
-from utils.plots.common import FigureSpec, arch_label, folder_fraction, sparsity_label, trajectory_grid
+from utils.plots.common import FigureSpec, arch_label, folder_fraction, seeds_note, sparsity_label, trajectory_grid
 
 
 def fig_magnitude_trajectories(res):
@@ -8,7 +8,7 @@ def fig_magnitude_trajectories(res):
         return None
     runs = dict(sorted(runs.items(), key=lambda kv: folder_fraction(kv[0].rsplit("/", 1)[-1])))
     return trajectory_grid(runs, f"Task 2: does retraining recover magnitude-pruned {arch_label(res, 'magnitude')}? "
-                           "(epoch 0 = pruned, not retrained)", sparsity_label, "plasma")
+                           f"(epoch 0 = pruned, not retrained){seeds_note(res)}", sparsity_label, "plasma")
 
 
 FIGURES = [

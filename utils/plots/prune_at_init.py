@@ -8,7 +8,8 @@ layer's weights every method keeps (the `original` masks), a panel per sparsity.
 import matplotlib.pyplot as plt
 import numpy as np
 
-from utils.plots import FigureSpec, col, pct
+from utils.plots import FigureSpec, pct
+from utils.plots.common import errorbar, hline, seeds_note
 
 RUN = "prune_at_init"
 METHODS = ("magnitude", "snip", "grasp", "synflow", "random")
@@ -29,10 +30,15 @@ def select(rows, method, ablation):
                   key=lambda r: r["sparsity"])
 
 
+def dense_row(rows):
+    """The row of the shared sparsity-0 run (method none), or None."""
+    return next((r for r in rows if r.get("method") == "none"), None)
+
+
 def dense_accuracy(rows):
-    """The shared sparsity-0 run (method none), or None."""
-    hit = [r for r in rows if r.get("method") == "none"]
-    return hit[0]["final_acc"] if hit else None
+    """The shared sparsity-0 run's accuracy, or None."""
+    hit = dense_row(rows)
+    return hit["final_acc"] if hit else None
 
 
 def fig_ablations(res):
@@ -51,25 +57,25 @@ def fig_ablations(res):
         for ablation, (style, color, label) in ABLATION_STYLES.items():
             sub = select(rows, method, ablation)
             if sub:
-                ax.plot([100 * r["sparsity"] for r in sub], col(sub, "final_acc"), style, color=color, label=label)
+                errorbar(ax, sub, [100 * r["sparsity"] for r in sub], "final_acc", style, color=color, label=label)
         if random_rows and method != "random":
-            ax.plot([100 * r["sparsity"] for r in random_rows], col(random_rows, "final_acc"), "x:",
-                    color="tab:gray", label="random pruning at init")
+            errorbar(ax, random_rows, [100 * r["sparsity"] for r in random_rows], "final_acc", "x:",
+                     color="tab:gray", label="random pruning at init")
         if dense is not None:
-            ax.axhline(dense, color="black", ls=":", label=f"dense ({dense:.2f}%)")
+            hline(ax, dense_row(rows), "final_acc", color="black", ls=":", label=f"dense ({dense:.2f}%)")
         if magnitude_after:
-            ax.plot([100 * r["sparsity"] for r in magnitude_after], col(magnitude_after, "retrained_acc"), "D-",
-                    color="tab:purple", alpha=0.6, label="magnitude after training (Task 2)")
+            errorbar(ax, magnitude_after, [100 * r["sparsity"] for r in magnitude_after], "retrained_acc", "D-",
+                     color="tab:purple", alpha=0.6, label="magnitude after training (Task 2)")
         if oneshot_after:
-            ax.plot([100 * r["sparsity"] for r in oneshot_after], col(oneshot_after, "retrained_acc"), "P-",
-                    color="tab:brown", alpha=0.6, label="one-shot ticket (Task 3)")
+            errorbar(ax, oneshot_after, [100 * r["sparsity"] for r in oneshot_after], "retrained_acc", "P-",
+                     color="tab:brown", alpha=0.6, label="one-shot ticket (Task 3)")
         ax.set(title=f"{METHOD_NAMES[method]} at initialisation", xlabel="sparsity (% of prunable weights removed)",
                ylabel="test accuracy after training (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(methods):]:
         ax.set_axis_off()
-    fig.suptitle("Pruning at initialisation: does each ablation keep the trained accuracy?")
+    fig.suptitle("Pruning at initialisation: does each ablation keep the trained accuracy?" + seeds_note(res))
     fig.tight_layout()
     return fig
 

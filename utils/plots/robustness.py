@@ -3,7 +3,7 @@ import re
 
 import matplotlib.pyplot as plt
 
-from utils.plots.common import FigureSpec, col
+from utils.plots.common import FigureSpec, errorbar, seeds_note
 
 
 def robustness_family(model):
@@ -27,14 +27,14 @@ def fig_robustness(res):
         sub = sorted(sub, key=lambda r: r["sparsity"] or 0)
         style = "o--" if training == "pgd" else "o-"
         for ax, key in zip(axes, ("clean_acc", "fgsm_acc", "pgd_acc")):
-            ax.plot([100 * (r["sparsity"] or 0) for r in sub], col(sub, key), style,
-                    label=f"{family} ({arch}, {training} training)")
+            errorbar(ax, sub, [100 * (r["sparsity"] or 0) for r in sub], key, style,
+                     label=f"{family} ({arch}, {training} training)")
     for ax, name in zip(axes, ("clean images", "FGSM attack", "PGD attack")):
         ax.set(xlabel="sparsity (% of weights removed)", title=name)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Bonus: are pruned networks more robust? Accuracy under attack vs sparsity")
+    fig.suptitle("Bonus: are pruned networks more robust? Accuracy under attack vs sparsity" + seeds_note(res))
     fig.tight_layout()
     return fig
 

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.plots import FigureSpec, pct  # noqa: E402
+from utils.plots.common import seeds_note  # noqa: E402
+from utils.replicates import sd_of  # noqa: E402
 from utils.three_regime import AXES, REGIMES  # noqa: E402
 
 AXIS_LABELS = {"epochs": "dense training epochs (fewer = hotter)",
@@ -89,6 +91,10 @@ def three_regime_figure(axis):
         if not rows:
             return None
         temps, dens, mats, regimes = matrices(rows)
+        _, _, cell = grid(rows)
+        # several seeds: the error cells also say ± the seed-to-seed sd of the retrained accuracy
+        sds = [[sd_of(cell.get((t, d)) or {}, "retrained_acc") for d in dens] for t in temps]
+        error_sd = np.array([[np.nan if v is None else v for v in row] for row in sds], dtype=float)
         thresholds = res.json("three_regime", axis, "regimes.json") or {}
         fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
         for ax, (key, title, cmap) in zip(axes.flat, PANELS):
@@ -101,7 +107,10 @@ def three_regime_figure(axis):
             fig.colorbar(im, ax=ax, fraction=0.046)
             for (i, j), v in np.ndenumerate(data):
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}" if key in ("error", "error_gap") else f"{v:.3f}",
+                    text = f"{v:.2f}" if key in ("error", "error_gap") else f"{v:.3f}"
+                    if key == "error" and np.isfinite(error_sd[i, j]):
+                        text += f"\n± {error_sd[i, j]:.2f}"
+                    ax.text(j, i, text,
                             ha="center", va="center", fontsize=7, color="black",
                             bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 0.5})
             ax.set_title(title, fontsize=10)
@@ -120,7 +129,7 @@ def three_regime_figure(axis):
         ax.plot([], [], color="black", lw=2.2, ls="--", label="Regime II-A | II-B")
         ax.legend(fontsize=8, loc="lower right")
         fig.suptitle(f"Three-regime model, temperature = {axis}: where does pruning work, and why? "
-                     "(hottest row at the top)")
+                     "(hottest row at the top)" + seeds_note(res))
         fig.tight_layout()
         return fig
     return build

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from utils.plots import FigureSpec, col, read_csv
+from utils.plots import FigureSpec, col
+from utils.plots.common import band, errorbar, hline, seeds_note
 
 COMMAND = "python ticket_transfer.py"
 TRAJECTORY_DENSITIES = (1.0, 0.51, 0.21, 0.07, 0.036, 0.019)
@@ -51,9 +52,9 @@ def _curves(ax, rows):
         if not sub:
             continue
         sub = dense + sub
-        ax.plot([100 * r["density"] for r in sub], col(sub, "final_acc"), style, color=color, label=label, ms=4)
+        errorbar(ax, sub, [100 * r["density"] for r in sub], "final_acc", style, color=color, label=label, ms=4)
     if dense:
-        ax.axhline(dense[0]["final_acc"], color="black", ls=":", lw=1,
+        hline(ax, dense[0], "final_acc", color="black", ls=":", lw=1,
                    label=f"dense ({dense[0]['final_acc']:.2f}%)")
     ax.set_xscale("log")
     xs = sorted({100 * r["density"] for r in rows}, reverse=True)
@@ -78,7 +79,7 @@ def fig_imp_accuracy(res):
         _curves(ax, rows)
         ax.set_title(f"{arch} on MNIST")
         ax.legend(fontsize=7)
-    fig.suptitle("Winning tickets: accuracy of IMP tickets and controls vs weights remaining")
+    fig.suptitle("Winning tickets: accuracy of IMP tickets and controls vs weights remaining" + seeds_note(res))
     fig.tight_layout()
     return fig
 
@@ -106,20 +107,19 @@ def fig_imp_trajectories(res):
         colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(picked)))
         per_epoch = None
         for color, r in zip(colors, picked):
-            folder = res.path("ticket_transfer", "imp", arch, f"imp_{r['mask_from']}_on_{r['trained_on']}",
-                              f"round_{int(r['round']):02d}")
-            traj = read_csv(folder / "trajectory.csv")
+            folder = ("ticket_transfer", "imp", arch, f"imp_{r['mask_from']}_on_{r['trained_on']}",
+                      f"round_{int(r['round']):02d}")
+            traj = res.csv(*folder, "trajectory.csv")  # several seeds: their mean (and sd)
             if not traj:
                 continue
-            per_epoch = iterations_per_epoch(res.json(*folder.relative_to(res.root).parts, "summary.json"))
-            x = [e * (per_epoch or 1) for e in col(traj, "epoch")]
-            ax.plot(x, col(traj, "test_acc"), color=color,
-                    label=f"{100 * r['density']:.3g}% remaining (round {int(r['round'])})")
+            per_epoch = iterations_per_epoch(res.json(*folder, "summary.json"))
+            band(ax, traj, [e * (per_epoch or 1) for e in col(traj, "epoch")], "test_acc", color=color,
+                 label=f"{100 * r['density']:.3g}% remaining (round {int(r['round'])})")
         ax.set(title=f"{arch}: IMP tickets during training",
                xlabel="training iterations" if per_epoch else "epoch", ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Winning tickets learn faster: test accuracy vs iterations at chosen sparsities")
+    fig.suptitle("Winning tickets learn faster: test accuracy vs iterations at chosen sparsities" + seeds_note(res))
     fig.tight_layout()
     return fig
 
@@ -145,7 +145,8 @@ def fig_transfer(res):
             ax.set_title(f"{experiment} / {arch}: trained on {side}, masks from {side} and {', '.join(others)}",
                          fontsize=9)
             ax.legend(fontsize=7)
-    fig.suptitle("Do tickets transfer? Own vs transferred vs random tickets, per experiment and direction")
+    fig.suptitle("Do tickets transfer? Own vs transferred vs random tickets, per experiment and direction"
+                 + seeds_note(res))
     fig.tight_layout()
     return fig
 
