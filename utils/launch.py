@@ -266,7 +266,7 @@ def submit_slurm(jobs, log_folder, *, partition, gpus_per_job, minutes, array_pa
     runs them on this machine; it has no dependencies, so this then waits for each wave of jobs
     before submitting the next. Returns the exit code."""
     submitit = import_submitit()
-    executor = submitit.AutoExecutor(folder=Path(log_folder) / "%j")
+    executor = submitit.AutoExecutor(folder=log_folder)
     local = executor.cluster != "slurm"
     todo = to_submit(jobs, force)
     skipped = len(jobs) - len(todo)
