@@ -240,3 +240,54 @@ def test_to_submit_rule(tmp_path):
     assert to_submit(jobs, force=False) == [] and to_submit(jobs, force=True) == [0, 1, 2, 3]
     jobs[0].marker.unlink()  # the dense run again: Task 2 and the plots after it, not ticket_transfer
     assert to_submit(jobs, force=False) == [0, 1, 3]
+
+
+FAKE_SBATCH = """#!/bin/bash
+# stands in for Slurm's sbatch: keeps the script, answers like sbatch, runs nothing
+n=$(( $(cat "$FAKE_SLURM/count" 2>/dev/null || echo 100) + 1 ))
+echo $n > "$FAKE_SLURM/count"
+cp "$1" "$FAKE_SLURM/job_$n.sh"
+echo "Submitted batch job $n"
+"""
+
+
+def test_slurm_submission_scripts(tmp_path):
+    """With Slurm present (fake sbatch/srun on PATH), run_all writes the sbatch scripts with the
+    dependencies, the arrays, the resources, and exits at once without running anything."""
+    pytest.importorskip("submitit")
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "sbatch").write_text(FAKE_SBATCH)
+    (fake / "srun").write_text("#!/bin/bash\nexit 1\n")
+    for f in ("sbatch", "srun"):
+        (fake / f).chmod(0o755)
+    env = {**__import__("os").environ, "PATH": f"{fake}:{__import__('os').environ['PATH']}", "FAKE_SLURM": str(fake)}
+    res = tmp_path / "r"
+    cmd = [sys.executable, str(run_all.REPO / "run_all.py"), "--launcher", "slurm", "--preset", "smoke",
+           "--seeds", "0", "1", "--results-dir", str(res), "--checkpoint-dir", str(tmp_path / "ck"),
+           "--slurm-partition", "gpu", "--slurm-gpus-per-job", "2", "--slurm-time", "90",
+           "--slurm-array-parallelism", "3", "--skip", "three_regime", "prune_at_init", "ticket_transfer",
+           "earlycrop", "robustness"]
+    proc = __import__("subprocess").run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=run_all.REPO)
+    assert proc.returncode == 0, proc.stderr
+    jobs = _submitted(proc.stdout)
+    # arrays of the jobs that wait on the same jobs: both dense runs; each seed's three tasks
+    assert jobs[("0", "train_dense")] == ("101_0", []) and jobs[("1", "train_dense")] == ("101_1", [])
+    for s, array in (("0", "102"), ("1", "103")):
+        assert [jobs[(s, step)] for step in ("prune_magnitude", "lottery_imp", "early_bird")] == \
+            [(f"{array}_{k}", [f"101_{s}"]) for k in range(3)]
+    assert jobs[("-", "plot_results")] == ("104", sorted(f"{a}_{k}" for a, n in (("101", 2), ("102", 3), ("103", 3))
+                                                         for k in range(n)))
+    assert jobs[("-", "make_report")][1] == sorted(jobs[("-", "plot_results")][1] + ["104"])
+    scripts = {n: (fake / f"job_{n}.sh").read_text() for n in range(101, 106)}
+    assert "#SBATCH --array=0-1%2" in scripts[101] and "--dependency" not in scripts[101]
+    assert "#SBATCH --array=0-2%3" in scripts[102] and "#SBATCH --dependency=afterok:101_0\n" in scripts[102]
+    assert "#SBATCH --dependency=afterok:101_1\n" in scripts[103]
+    assert all("#SBATCH --kill-on-invalid-dep=yes" in scripts[n] for n in range(102, 106))
+    for n in range(101, 104):  # training jobs: the GPUs, the time, the partition
+        assert "#SBATCH --gpus-per-node=2" in scripts[n] and "#SBATCH --time=90" in scripts[n]
+        assert "#SBATCH --partition=gpu" in scripts[n]
+    assert "#SBATCH --gpus-per-node=0" in scripts[104] and "--array" not in scripts[104]
+    assert str(res / "logs" / "slurm") in scripts[101]  # submitit's logs
+    # nothing ran: no marker, no results; the next submit would submit all again
+    assert not list(res.rglob("*.done")) and not (res / "seed_0" / "dense").exists()

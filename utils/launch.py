@@ -147,7 +147,8 @@ class GpuPool:
 class Running:
     """One job's subprocess, its output in its log file."""
 
-    def __init__(self, index, total, job, env, gpus):
+    def __init__(self, position, index, total, job, env, gpus):
+        self.position = position  # in the job list
         self.index, self.total, self.job = index, total, job
         self.before = run_summaries(job.results_dir, job.folder) if job.folder else {}
         self.gpus, self.gpu = gpus, gpus.acquire()
@@ -200,7 +201,7 @@ def run_local(jobs, parallel, env, gpus, poll_s=0.2):
                 break
             if i not in started and all(k in done for k in job.after):
                 started.add(i)
-                running.append(Running(len(started), len(jobs), job, env, gpus))
+                running.append(Running(i, len(started), len(jobs), job, env, gpus))
         time.sleep(poll_s)
         for run in [r for r in running if r.proc.poll() is not None]:
             running.remove(run)
@@ -210,7 +211,7 @@ def run_local(jobs, parallel, env, gpus, poll_s=0.2):
                     other.stop()
                     print(f"stopped {other.job.title} (it resumes on the next run)", file=sys.stderr)
                 return code
-            done.add(jobs.index(run.job))
+            done.add(run.position)
     return 0
 
 
