@@ -67,7 +67,7 @@ def preset_flags(preset, checkpoint_dir):
         ec = retrain + ["--sparsities", 0.9, "--crop-batches", 1, "--timing-steps", 1]
         pai = retrain + ["--sparsities", 0, 0.9, "--score-per-class", 2]
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
-        tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1]
+        tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1, "--lmc-points", 3]
         tt = ["--epochs", 1, "--rounds", 2]
         subsets = ["--train-subset", 64, "--test-subset", 64]
     else:
