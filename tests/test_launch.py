@@ -291,3 +291,21 @@ def test_slurm_submission_scripts(tmp_path):
     assert str(res / "logs" / "slurm") in scripts[101]  # submitit's logs
     # nothing ran: no marker, no results; the next submit would submit all again
     assert not list(res.rglob("*.done")) and not (res / "seed_0" / "dense").exists()
+
+
+def test_slurm_job_wrapper_marks_success_only(tmp_path, capsys):
+    """What each Slurm job runs: a failed step leaves no marker (so the next submit resubmits it),
+    even where an earlier attempt had succeeded; a successful one writes it; both attempts logged."""
+    from utils.launch import job_main
+    log, marker = tmp_path / "logs" / "step.log", tmp_path / "logs" / "step.done"
+    ok = [sys.executable, "-c", "print('trained')"]
+    assert job_main(["--log", str(log), "--marker", str(marker), "--", *ok]) == 0
+    assert marker.read_text() == shlex.join(ok) + "\n"
+    bad = [sys.executable, "-c", "import sys; print('no dataset'); sys.exit(2)"]
+    assert job_main(["--log", str(log), "--marker", str(marker), "--", *bad]) == 2
+    assert not marker.exists()
+    assert "step failed with exit code 2: no dataset" in capsys.readouterr().err
+    text = log.read_text()
+    assert text.count("===== run_all attempt,") == 2 and "trained" in text and "no dataset" in text
+    job = Job("step", bad, tmp_path / "logs", tmp_path)
+    assert to_submit(link_jobs([job]), force=False) == [0]

@@ -95,6 +95,8 @@ def open_attempt_log(log_path, argv):
 
 def last_attempt_line(log_path):
     """The last non-empty line this attempt wrote (the header and command left out)."""
+    if not Path(log_path).is_file():
+        return "(no log: the step did not start)"
     attempt = Path(log_path).read_text(errors="replace").rsplit(ATTEMPT_MARK, 1)[-1]
     tail = [ln for ln in attempt.splitlines()[2:] if ln.strip()][-1:]
     return tail[0].strip() if tail else "(no output)"
