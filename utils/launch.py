@@ -325,8 +325,8 @@ def submit_slurm(jobs, log_folder, *, partition, gpus_per_job, minutes, array_pa
                           "run the same command again to resubmit it", file=sys.stderr, flush=True)
                     return 1
     if not local and todo:
-        print("run_all: submitted; follow with squeue --me, logs in <results>/logs/ and "
-              f"{log_folder}; run the same command again after they end to resubmit what failed", flush=True)
+        print(f"run_all: submitted; follow with squeue --me, the steps' logs in {Path(log_folder).parent} (and "
+              "seed_<s>/logs/); run the same command again after they end to resubmit what failed", flush=True)
     return 0
 
 
