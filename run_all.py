@@ -3,24 +3,29 @@
     python run_all.py --preset full              # the assignment as written (GPU: about a day)
     python run_all.py --preset quick --jobs 3    # every schedule at 1/5: about 1/7 of the training epochs
     python run_all.py --preset smoke             # a few minutes on a laptop CPU: checks the plumbing
+    python run_all.py --preset quick --seeds 0 1 2 --jobs 3             # three replicates, seed_<s>/ folders
+    python run_all.py --preset full --seeds 0 1 2 --launcher slurm --slurm-partition gpu   # one Slurm job per step
 
 Each step runs the real entry script as a subprocess with the preset's flags; finished runs are
 skipped and interrupted ones resume (the scripts do that themselves), so running the same
 command again only does what is missing. Every step's output is appended to
 <results-dir>/logs/<step>.log under a header per attempt (a failed attempt's log is kept) and
-one progress line per step is printed. `--jobs N` runs Tasks 2, 3 and 4, three_regime and
-prune_at_init (independent once the dense run exists) and ticket_transfer (MNIST tickets,
-independent of everything) in N processes at once. A failing step stops the pipeline with its exit code.
+one progress line per step is printed. `--jobs N` runs up to N steps at once, each as soon as
+the steps whose outputs it reads are done (utils/launch.py DEPENDS), one GPU each when there are
+several. `--seeds` runs one complete replicate per seed in <dir>/seed_<s>/, side by side with
+--jobs; plots and report run once at the end. A failing step stops the pipeline with its exit
+code. `--launcher slurm` submits each (seed, step) as a Slurm job through submitit and exits.
 """
+import argparse
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
+from utils.launch import GpuPool, Job, link_jobs, parse_minutes, run_local, submit_slurm
 
 REPO = Path(__file__).resolve().parent
 # (step, the folder under results/ whose summary.json files are its runs)
@@ -28,10 +33,7 @@ STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_i
          ("early_bird", "early_bird"), ("three_regime", "three_regime"), ("prune_at_init", "prune_at_init"),
          ("ticket_transfer", "ticket_transfer"), ("earlycrop", "earlycrop"), ("robustness", "robustness"),
          ("plot_results", None), ("make_report", None)]
-# Steps that only need the dense run (ticket_transfer: nothing), so --jobs may run them side by side.
-PARALLEL = {"prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init", "ticket_transfer"}
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
-ATTEMPT_MARK = "===== run_all attempt,"  # starts the header line of each attempt in a step's log
 
 
 def preset_flags(preset, checkpoint_dir):
@@ -65,7 +67,7 @@ def preset_flags(preset, checkpoint_dir):
         ec = retrain + ["--sparsities", 0.9, "--crop-batches", 1, "--timing-steps", 1]
         pai = retrain + ["--sparsities", 0, 0.9, "--score-per-class", 2]
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
-        tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1]
+        tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1, "--lmc-points", 3]
         tt = ["--epochs", 1, "--rounds", 2]
         subsets = ["--train-subset", 64, "--test-subset", 64]
     else:
@@ -90,13 +92,28 @@ def parse_args(argv):
     parser.add_argument("--preset", default="full", choices=("full", "quick", "smoke"),
                         help="full: the assignment as written; quick: every schedule at 1/5, about 1/7 of "
                              "the training epochs; smoke: minutes on a CPU")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="one complete replicate per seed, in <checkpoint-dir>/seed_<s>/ and "
+                             "<results-dir>/seed_<s>/ (default: one run, --seed, today's layout)")
+    parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
+                        help="local: subprocesses on this machine; slurm: submit one job per (seed, step) "
+                             "with submitit and exit")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="run Tasks 2, 3, 4, three_regime, prune_at_init and ticket_transfer in up to N "
-                             "processes at once")
+                        help="local launcher: up to N steps at once, each as soon as its inputs exist "
+                             "(seeds side by side too); one GPU each when there are several")
     parser.add_argument("--plots-dir", default="plots", help="where plot_results.py writes the figures")
     parser.add_argument("--skip", nargs="*", default=[], metavar="STEP",
                         help=f"steps to leave out, of: {', '.join(s for s, _ in STEPS)}")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    slurm = parser.add_argument_group("--launcher slurm")
+    slurm.add_argument("--slurm-partition", default=None, help="partition of every job (default: the cluster's)")
+    slurm.add_argument("--slurm-gpus-per-job", type=int, default=1,
+                       help="GPUs of each training job (plots and report get none)")
+    slurm.add_argument("--slurm-time", default="24:00:00",
+                       help="time limit of each job: whole minutes (720) or HH:MM:SS (12:00:00)")
+    slurm.add_argument("--slurm-array-parallelism", type=int, default=None,
+                       help="jobs waiting on the same jobs form one job array: at most N of its tasks "
+                            "run at once (default: no limit)")
     # The flags every entry script takes, passed on; None = the preset's or the script's default.
     common = parser.add_argument_group("passed on to every training script")
     common.add_argument("--data-dir", default=None, help="CIFAR-10 root (default: data)")
@@ -113,6 +130,27 @@ def parse_args(argv):
     common.add_argument("--deterministic", action="store_true",
                         help="deterministic cuDNN kernels: bit-identical reruns on a GPU, slower")
     return parser.parse_args(argv)
+
+
+def validate(args):
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    unknown = sorted(set(args.skip) - {s for s, _ in STEPS})
+    if unknown:
+        raise UserError(f"--skip: unknown step(s) {', '.join(unknown)}; steps are {', '.join(s for s, _ in STEPS)}")
+    if args.seeds is not None and args.seed is not None:
+        raise UserError("give either --seed S (one run, today's layout) or --seeds S1 S2 ... (one replicate "
+                        "per seed in seed_<s>/ folders), not both")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds lists a seed twice: {' '.join(map(str, args.seeds))}")
+    if args.seeds is not None and min(args.seeds) < 0:
+        raise UserError(f"--seeds must be >= 0, got {' '.join(map(str, args.seeds))}")
+    if args.launcher == "slurm":
+        args.slurm_minutes = parse_minutes(args.slurm_time)
+        if args.slurm_gpus_per_job < 0:
+            raise UserError(f"--slurm-gpus-per-job must be >= 0, got {args.slurm_gpus_per_job}")
+        if args.slurm_array_parallelism is not None and args.slurm_array_parallelism < 1:
+            raise UserError(f"--slurm-array-parallelism must be >= 1, got {args.slurm_array_parallelism}")
 
 
 def common_flags(args, preset_subsets, data_dir=None):
@@ -134,7 +172,7 @@ def common_flags(args, preset_subsets, data_dir=None):
 
 
 def commands(args):
-    """[(step, argv)] in pipeline order."""
+    """[(step, argv)] in pipeline order, for one seed's folders (args.checkpoint_dir/results_dir)."""
     per_step, subsets = preset_flags(args.preset, args.checkpoint_dir)
     common = common_flags(args, subsets)
     out = []
@@ -151,121 +189,66 @@ def commands(args):
     return out
 
 
-def run_summaries(results_dir, folder):
-    """{summary.json path: mtime} of every finished run under results/<folder>/."""
-    root = Path(results_dir) / folder
-    return {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")} if root.is_dir() else {}
+def replicate_args(args, seed):
+    """args for seed `seed`'s replicate: its own seed_<s>/ folders under the given ones."""
+    return argparse.Namespace(**{**vars(args), "seed": seed,
+                                 "checkpoint_dir": str(Path(args.checkpoint_dir) / f"seed_{seed}"),
+                                 "results_dir": str(Path(args.results_dir) / f"seed_{seed}")})
 
 
-class Step:
-    """One entry script running as a subprocess, its output in a log file."""
-
-    def __init__(self, index, total, name, argv, args, env):
-        self.index, self.total, self.name, self.argv = index, total, name, argv
-        self.folder = dict(STEPS)[name]
-        self.results_dir = args.results_dir
-        self.log_path = Path(args.results_dir) / "logs" / f"{name}.log"
-        self.env = env
-
-    def start(self):
-        self.before = run_summaries(self.results_dir, self.folder) if self.folder else {}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        # appended, one header per attempt: the log of a failed attempt is never overwritten
-        self.log = open(self.log_path, "a")
-        self.log.write(f"{ATTEMPT_MARK} {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
-                       "$ " + shlex.join(self.argv) + "\n")
-        self.log.flush()
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        return self
-
-    def finish(self):
-        """Print the step's progress line; return its exit code."""
-        self.log.close()
-        code = self.proc.returncode
-        seconds = time.perf_counter() - self.t0
-        head = f"[{self.index}/{self.total}] {self.name}:"
-        if code != 0:
-            attempt = self.log_path.read_text(errors="replace").rsplit(ATTEMPT_MARK, 1)[-1]
-            tail = [ln for ln in attempt.splitlines()[2:] if ln.strip()][-1:]
-            print(f"error: step {self.name} failed with exit code {code} after {seconds:.0f}s: "
-                  f"{tail[0].strip() if tail else '(no output)'} (full log: {self.log_path})",
-                  file=sys.stderr, flush=True)
-            return code
-        runs = ""
-        if self.folder:
-            after = run_summaries(self.results_dir, self.folder)
-            trained = sum(1 for p, t in after.items() if self.before.get(p) != t)
-            if after:  # robustness `evaluate` only attacks checkpoints: no runs of its own to count
-                runs = f" {trained} run{'s' * (trained != 1)} trained, {len(after) - trained} already finished,"
-        print(f"{head} done in {seconds:.0f}s,{runs} log {self.log_path}", flush=True)
-        return 0
-
-
-def run_group(group, jobs):
-    """Run the steps of `group` at most `jobs` at a time; stop all at the first failure."""
-    pending, running = list(group), []
-    while pending or running:
-        while pending and len(running) < jobs:
-            running.append(pending.pop(0).start())
-        time.sleep(0.2)
-        for step in [s for s in running if s.proc.poll() is not None]:
-            running.remove(step)
-            code = step.finish()
-            if code != 0:
-                for other in running:  # they resume from their last epoch on the next run
-                    other.proc.terminate()
-                    other.proc.wait()
-                    other.log.close()
-                    print(f"stopped {other.name} (it resumes on the next run)", file=sys.stderr)
-                return code
-    return 0
+def plan_jobs(args):
+    """Every job in pipeline order, `after` filled in: each training step once per seed (--seeds: in
+    its seed_<s>/ folders), then plots and report once over the top-level results folder."""
+    folders, order = dict(STEPS), [s for s, _ in STEPS]
+    jobs = []
+    for seed in (args.seeds if args.seeds is not None else [None]):
+        run = args if seed is None else replicate_args(args, seed)
+        for step, argv in commands(run):
+            if step in args.skip or step not in TRAINING_STEPS:
+                continue
+            jobs.append(Job(step, argv, Path(run.results_dir) / "logs", Path(run.results_dir), folders[step], seed))
+    # step-major (every seed's dense run first): with --jobs, the seeds' same steps start side by side
+    jobs.sort(key=lambda job: order.index(job.step))
+    for step, argv in commands(args):  # plots and report: the top-level folders, whatever the seeds
+        if step not in args.skip and step not in TRAINING_STEPS:
+            jobs.append(Job(step, argv, Path(args.results_dir) / "logs", Path(args.results_dir)))
+    return link_jobs(jobs)
 
 
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
-    unknown = sorted(set(args.skip) - {s for s, _ in STEPS})
-    if unknown:
-        raise UserError(f"--skip: unknown step(s) {', '.join(unknown)}; steps are {', '.join(s for s, _ in STEPS)}")
-    cmds = [(step, argv_) for step, argv_ in commands(args) if step not in args.skip]
+    validate(args)
+    jobs = plan_jobs(args)
     if args.dry_run:
-        for step, argv_ in cmds:
-            print(f"{step}: {shlex.join(argv_)}")
+        for job in jobs:
+            where = f"seed_{job.seed}/" if job.seed is not None else ""
+            print(f"{where}{job.step}: {shlex.join(job.argv)}")
         return
-    missing = [step for step, _ in cmds if not (REPO / f"{step}.py").is_file()]
+    missing = sorted({job.step for job in jobs if not (REPO / f"{job.step}.py").is_file()})
     if missing:
         raise UserError(f"{', '.join(f'{m}.py' for m in missing)} missing from {REPO}; "
                         f"add it, or leave the step out with --skip {' '.join(missing)}")
+    if args.launcher == "slurm":
+        sys.exit(submit_slurm(jobs, Path(args.results_dir) / "logs" / "slurm", partition=args.slurm_partition,
+                              gpus_per_job=args.slurm_gpus_per_job, minutes=args.slurm_minutes,
+                              array_parallelism=args.slurm_array_parallelism, force=args.force))
 
     # Threads per process: N concurrent jobs share the CPU cores instead of oversubscribing them.
     env = dict(os.environ)
     if args.jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    gpus = GpuPool.from_environment(env, args.device) if args.jobs > 1 else GpuPool(0)
 
-    # Dense first; Tasks 2-4 only need it (side by side with --jobs); then robustness, plots, report.
     t0 = time.perf_counter()
-    steps = [Step(i, len(cmds), step, argv_, args, env) for i, (step, argv_) in enumerate(cmds, 1)]
-    print(f"run_all: preset {args.preset}, {len(steps)} steps, jobs {args.jobs}, "
-          f"logs in {Path(args.results_dir) / 'logs'}", flush=True)
-    groups, i = [], 0
-    while i < len(steps):
-        if steps[i].name in PARALLEL:
-            j = i
-            while j < len(steps) and steps[j].name in PARALLEL:
-                j += 1
-            groups.append(steps[i:j])
-            i = j
-        else:
-            groups.append([steps[i]])
-            i += 1
-    for group in groups:
-        code = run_group(group, args.jobs)
-        if code != 0:
-            sys.exit(code)
-    print(f"run_all: all {len(steps)} steps done in {time.perf_counter() - t0:.0f}s; "
+    seeds = "" if args.seeds is None else f", seeds {' '.join(map(str, args.seeds))}"
+    gpu_note = f", one GPU each of {','.join(gpus.devices)}" if gpus.devices else ""
+    print(f"run_all: preset {args.preset}{seeds}, {len(jobs)} steps, jobs {args.jobs}{gpu_note}, "
+          f"logs in {Path(args.results_dir) / ('seed_*/logs' if args.seeds is not None else 'logs')}", flush=True)
+    code = run_local(jobs, args.jobs, env, gpus)
+    if code != 0:
+        sys.exit(code)
+    print(f"run_all: all {len(jobs)} steps done in {time.perf_counter() - t0:.0f}s; "
           f"report: {Path(args.results_dir) / 'report.pdf'}, code: {Path(args.results_dir) / 'code.zip'}, "
           f"figures: {args.plots_dir}/")
 

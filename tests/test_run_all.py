@@ -1,11 +1,14 @@
 """run_all.py: the presets' commands are consistent with the dense run, user errors are one line,
-and (the one slow test) the smoke pipeline runs end to end on the real CIFAR-10 slice, a second
-run trains nothing, and deleting one run's results redoes only that run."""
+and (the one slow test) the smoke pipeline with two seeds runs end to end on the real CIFAR-10
+slice, a second run trains nothing, and deleting one run's results redoes only that run. The
+launchers themselves (seed layout, dependencies, GPUs, Slurm): tests/test_launch.py."""
 import json
 import re
 import shlex
 import shutil
 import time
+
+import torch
 
 from conftest import MNIST_DIR, TINY_DATA, assert_user_error, run_script
 from test_plots_report import md_table
@@ -91,12 +94,14 @@ def test_failing_step_stops_with_its_exit_code(tmp_path):
 
 
 def _progress(stdout):
-    """{step: (trained, already finished) or None} from the progress lines."""
+    """{(step, seed or None): (trained, already finished) or None} from the progress lines."""
     out = {}
     for line in stdout.splitlines():
-        m = re.match(r"\[\d+/\d+\] (\w+): done in \d+s,(?: (\d+) runs? trained, (\d+) already finished,)?", line)
+        m = re.match(r"\[\d+/\d+\] (\w+)(?: \(seed (\d+)\))?: done in \d+s,(?: (\d+) runs? trained, (\d+) already finished,)?",
+                     line)
         if m:
-            out[m.group(1)] = (int(m.group(2)), int(m.group(3))) if m.group(2) else None
+            seed = int(m.group(2)) if m.group(2) else None
+            out[(m.group(1), seed)] = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
     return out
 
 
@@ -107,89 +112,91 @@ def _stamps(root):
 def _files(res, ck):
     """mtimes of every trajectory and trained checkpoint: rewritten only by training (a skipping
     script may still rewrite derived files such as mask.pt)."""
-    trained = [*ck.rglob("final.pt"), *(ck / "dense").glob("*.pt")]
+    trained = [*ck.rglob("final.pt"), *ck.glob("seed_*/dense/*.pt")]
     return {p: p.stat().st_mtime_ns for p in [*res.rglob("trajectory.csv"), *trained]}
 
 
-def test_smoke_pipeline_end_to_end(tmp_path, data_dir):
-    """The one slow test: smoke preset from nothing, then again (nothing trained), then with one run's
-    results deleted (only that run retrained)."""
+def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
+    """The one slow test: smoke preset with two seeds from nothing (two complete replicates, seeds
+    side by side), then again (nothing trained), then with one run's results deleted (only that run
+    retrained)."""
     ck, res, plots = tmp_path / "checkpoints", tmp_path / "results", tmp_path / "plots"
-    args = ["--preset", "smoke", *TINY_DATA, "--mnist-dir", MNIST_DIR, "--checkpoint-dir", ck, "--results-dir", res,
-            "--plots-dir", plots]
+    args = ["--preset", "smoke", "--seeds", 0, 1, *TINY_DATA, "--mnist-dir", MNIST_DIR, "--checkpoint-dir", ck,
+            "--results-dir", res, "--plots-dir", plots]
     t0 = time.perf_counter()
-    first = run_script("run_all.py", *args, "--jobs", 2, timeout=600)
+    first = run_script("run_all.py", *args, "--jobs", 2, timeout=900)
     first_s = time.perf_counter() - t0
     progress = _progress(first.stdout)
-    assert set(progress) == set(STEPS)  # one line per step; Tasks 2-4 may finish in any order
-    assert progress["train_dense"] == (1, 0) and progress["prune_magnitude"] == (4, 0)  # sparsity 0 (fine-tuned dense) + 50 70 90
-    assert progress["early_bird"] == (8, 0) and progress["lottery_imp"][0] >= 6
-    assert progress["earlycrop"] == (5, 0)  # crop_u, crop_s, earlycrop_u, earlycrop_s, random_s at 90%
-    assert progress["three_regime"] == (8, 0)  # 2 temperatures x 2 densities x 2 copies
-    assert progress["prune_at_init"] == (18, 0)  # sparsity 0 + 0.9 x (random + 4 methods x 4 ablations)
-    # 2 rounds: imp 2 archs x (3 own + 2 random); 3 experiments x 2 sides x (3 own + 2 moved + 2 random)
-    assert progress["ticket_transfer"] == (2 * 5 + 3 * 2 * 7, 0)
+    # one line per (step, seed); plots and report once, over both seeds
+    assert set(progress) == {(s, seed) for s in TRAINING + ["robustness"] for seed in (0, 1)} | \
+        {("plot_results", None), ("make_report", None)}
+    for seed in (0, 1):
+        p = {step: progress[(step, seed)] for step in TRAINING}
+        assert p["train_dense"] == (1, 0) and p["prune_magnitude"] == (4, 0)  # sparsity 0 (fine-tuned dense) + 50 70 90
+        assert p["early_bird"] == (8, 0) and p["lottery_imp"][0] >= 6
+        assert p["earlycrop"] == (5, 0)  # crop_u, crop_s, earlycrop_u, earlycrop_s, random_s at 90%
+        assert p["three_regime"] == (8, 0)  # 2 temperatures x 2 densities x 2 copies
+        assert p["prune_at_init"] == (18, 0)  # sparsity 0 + 0.9 x (random + 4 methods x 4 ablations)
+        # 2 rounds: imp 2 archs x (3 own + 2 random); 3 experiments x 2 sides x (3 own + 2 moved + 2 random)
+        assert p["ticket_transfer"] == (2 * 5 + 3 * 2 * 7, 0)
 
-    # every results file of the contract
-    for f in ["dense/trajectory.csv", "dense/summary.json", "magnitude/summary.csv", "lottery/summary.csv",
-              "early_bird/summary.csv", "early_bird/detection.json", "earlycrop/summary.csv",
-              "earlycrop/detection.json", "robustness/summary.csv", "prune_at_init/summary.csv",
-              "three_regime/epochs/summary.csv", "three_regime/epochs/regimes.json",
-              "report.pdf", "report.md", "code.zip"]:
+    # two complete replicate trees: every results file of the contract, in each seed's folders
+    for seed in (0, 1):
+        r, c = res / f"seed_{seed}", ck / f"seed_{seed}"
+        for f in ["dense/trajectory.csv", "dense/summary.json", "magnitude/summary.csv", "lottery/summary.csv",
+                  "early_bird/summary.csv", "early_bird/detection.json", "earlycrop/summary.csv",
+                  "earlycrop/detection.json", "robustness/summary.csv", "prune_at_init/summary.csv",
+                  "three_regime/epochs/summary.csv", "three_regime/epochs/regimes.json",
+                  "ticket_transfer/summary.csv"]:
+            assert (r / f).is_file(), (seed, f)
+        assert json.loads((r / "dense" / "summary.json").read_text())["config"]["seed"] == seed
+        for s in ("50", "70", "90"):
+            assert (r / "magnitude" / f"sparsity_{s}" / "trajectory.csv").is_file()
+            assert all((c / "magnitude" / f"sparsity_{s}" / n).is_file() for n in ("mask.pt", "start.pt", "final.pt"))
+            for method in ("oneshot", "imp"):
+                assert (r / "lottery" / method / f"sparsity_{s}" / "trajectory.csv").is_file()
+        for e in (1, 2, 3, 4):
+            assert (c / "dense" / f"epoch_{e:03d}.pt").is_file()
+            for ratio in ("30", "50"):
+                assert (r / "early_bird" / f"epoch_{e:03d}" / f"ratio_{ratio}" / "trajectory.csv").is_file()
+        det = json.loads((r / "early_bird" / "detection.json").read_text())
+        assert set(det["ratios"]) == {"0.3", "0.5"} and det["window"] == 2
+        for step in TRAINING + ["robustness"]:
+            assert (r / "logs" / f"{step}.log").is_file() and (r / "logs" / f"{step}.done").is_file()
+    # nothing of a single-seed layout at the top level: only the seeds, the logs and the report
+    assert not (res / "dense").exists() and not (ck / "dense").exists()
+    assert sorted(p.name for p in (res / "logs").iterdir()) == ["make_report.done", "make_report.log",
+                                                               "plot_results.done", "plot_results.log"]
+    # the two replicates are different networks from the first weight on
+    inits = [torch.load(ck / f"seed_{s}" / "dense" / "init.pt", map_location="cpu", weights_only=False)["model"]
+             for s in (0, 1)]
+    assert inits[0].keys() == inits[1].keys()
+    assert not torch.equal(inits[0]["conv1.weight"], inits[1]["conv1.weight"])
+    for f in ("report.pdf", "report.md", "code.zip"):  # plots and report: once, over the top-level folder
         assert (res / f).is_file(), f
-    for s in ("50", "70", "90"):
-        assert (res / "magnitude" / f"sparsity_{s}" / "trajectory.csv").is_file()
-        assert all((ck / "magnitude" / f"sparsity_{s}" / n).is_file() for n in ("mask.pt", "start.pt", "final.pt"))
-        for method in ("oneshot", "imp"):
-            assert (res / "lottery" / method / f"sparsity_{s}" / "trajectory.csv").is_file()
-    for e in (1, 2, 3, 4):
-        assert (ck / "dense" / f"epoch_{e:03d}.pt").is_file()
-        for r in ("30", "50"):
-            assert (res / "early_bird" / f"epoch_{e:03d}" / f"ratio_{r}" / "trajectory.csv").is_file()
-    det = json.loads((res / "early_bird" / "detection.json").read_text())
-    assert set(det["ratios"]) == {"0.3", "0.5"} and det["window"] == 2
-    for name in ("dense_trajectory", "magnitude_trajectories", "lottery_oneshot_trajectories",
-                 "lottery_imp_trajectories", "early_bird_trajectories", "accuracy_vs_sparsity",
-                 "early_bird_accuracy", "mask_distance", "early_bird_detector", "robustness",
-                 "prune_at_init_ablations", "prune_at_init_layer_density", "three_regime_epochs",
-                 "ticket_imp_accuracy", "ticket_imp_trajectories", "ticket_transfer", "earlycrop_accuracy",
-                 "earlycrop_detector"):
-        assert (plots / f"{name}.png").is_file() and (plots / f"{name}.pdf").is_file(), name
-
-    # the report carries exactly the summaries' numbers
-    md = (res / "report.md").read_text()
-    _, rows = md_table(md, "magnitude")
-    # the 0% row is labelled "0% (dense, fine-tuned)" in the report
-    assert [[r[0].split(" (")[0], *r[1:4]] for r in rows] == [[f"{100 * float(r['sparsity']):g}%", f"{float(r['dense_acc']):.2f}",
-                                      f"{float(r['pruned_acc']):.2f}", f"{float(r['retrained_acc']):.2f}"]
-                                     for r in load_csv(res / "magnitude" / "summary.csv")]
-    _, rows = md_table(md, "early_bird")
-    eb = sorted(load_csv(res / "early_bird" / "summary.csv"), key=lambda r: (float(r["ratio"]), int(r["ticket_epoch"])))
-    assert [(r[0], r[5]) for r in rows] == [(r["ticket_epoch"], f"{float(r['retrained_acc']):.2f}") for r in eb]
-    dense = json.loads((res / "dense" / "summary.json").read_text())
-    assert f"Original (dense) ResNet-20: {dense['test_acc']:.2f}% test accuracy after 4 epochs" in md
+    # aggregate.csv: asserted once plot_results aggregates
 
     # a second run trains nothing: no summary, trajectory or trained checkpoint is rewritten
     stamps, files = _stamps(res), _files(res, ck)
     t0 = time.perf_counter()
-    # (plots and report were checked above; they read results only, so the second run leaves them out)
+    # (plots and report read results only, so the second run leaves them out)
     second = run_script("run_all.py", *args, "--jobs", 2, "--skip", "plot_results", "make_report", timeout=600)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    for step in TRAINING:
-        assert progress[step][0] == 0, (step, progress[step])
+    assert len(progress) == 2 * (len(TRAINING) + 1)
+    for (step, seed), counts in progress.items():
+        if step != "robustness":  # (evaluate only: no runs of its own)
+            assert counts[0] == 0 and counts[1] > 0, (step, seed, counts)
     assert _stamps(res) == stamps and _files(res, ck) == files
     # only start-up and skip checks (a wall-clock bound: CPU load from other processes makes a
     # ratio to the first run unreliable)
-    assert second_s < 150, (second_s, first_s)
+    assert second_s < 200, (second_s, first_s)
 
-    # deleting one run's results redoes that run only
-    shutil.rmtree(res / "magnitude" / "sparsity_70")
-    third = run_script("run_all.py", *args, "--skip", "robustness", "plot_results", "make_report", timeout=300)
-    progress = _progress(third.stdout)
-    assert progress["prune_magnitude"] == (1, 3)
-    assert all(progress[s][0] == 0 for s in ("train_dense", "lottery_imp", "early_bird", "three_regime", "prune_at_init",
-                                                "earlycrop"))
+    # deleting one run's results redoes that run only, in that seed only
+    shutil.rmtree(res / "seed_1" / "magnitude" / "sparsity_70")
+    third = run_script("run_all.py", *args, "--jobs", 2, "--skip", *[s for s in STEPS if s != "prune_magnitude"],
+                       timeout=300)
+    assert _progress(third.stdout) == {("prune_magnitude", 0): (0, 4), ("prune_magnitude", 1): (1, 3)}
     after = _stamps(res)
     changed = {p for p in after if stamps.get(p) != after[p]}
-    assert changed == {res / "magnitude" / "sparsity_70" / "summary.json"}
+    assert changed == {res / "seed_1" / "magnitude" / "sparsity_70" / "summary.json"}
