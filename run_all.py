@@ -129,6 +129,8 @@ def parse_args(argv):
     common.add_argument("--force", action="store_true", help="redo finished runs")
     common.add_argument("--deterministic", action="store_true",
                         help="deterministic cuDNN kernels: bit-identical reruns on a GPU, slower")
+    common.add_argument("--compile", default=None, choices=("auto", "on", "off"),
+                        help="torch.compile the step and evaluation (default: auto = on for CUDA, off on a CPU)")
     return parser.parse_args(argv)
 
 
@@ -168,6 +170,7 @@ def common_flags(args, preset_subsets, data_dir=None):
     flags += ["--checkpoint-dir", args.checkpoint_dir, "--results-dir", args.results_dir]
     flags += ["--no-download"] * args.no_download + ["--force"] * args.force
     flags += ["--deterministic"] * args.deterministic
+    flags += ["--compile", args.compile] if args.compile else []
     return flags
 
 

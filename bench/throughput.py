@@ -2,7 +2,6 @@
 the same for the common public recipe, eager and compiled.
 
     python bench/throughput.py --data-dir data --compare-public          # CPU: ours vs public
-    python bench/throughput.py --data-dir data --compare-public --competitor  # beside a 2nd run
     python bench/throughput.py --data-dir data                           # CUDA: eager vs compiled
 
 Measures, medians over --repeats interleaved repeats:
@@ -13,8 +12,9 @@ Measures, medians over --repeats interleaved repeats:
   PyTorch's default threading, as users run it;
 - with --compiled (default on CUDA), our loop torch.compiled as --compile on runs it (compile
   time reported apart);
-- with --competitor, all of it beside a second training run (train_dense.py on the same data,
-  started here and stopped at the end): the busy-machine case.
+The busy-machine case: start a second training run first (e.g. `python train_dense.py` in
+another terminal), wait until it trains, then run this; every process chooses its threading when
+it starts (utils/runtime.py).
 Also prints seconds per 50,000-image epoch (the full CIFAR-10 training set).
 """
 import json
@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +40,8 @@ from utils.config import TrainConfig  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
 from utils.experiment import task_parser, task_setup  # noqa: E402
 from utils.io import save_json  # noqa: E402
-from utils.train import (autocast, compiled_forward, cpu_generator, evaluate, make_optimizer,  # noqa: E402
-                         seeded, train_epoch)
+from utils.train import (autocast, compiled_forward, cpu_generator, cpu_has_native_bf16, evaluate,  # noqa: E402
+                         make_optimizer, seeded, train_epoch)
 
 
 def sync(device):
@@ -86,6 +85,18 @@ def time_loop(model, optimizer, setup, steps, forward, compiled):
     return step_seconds, t2 - t0, t2 - t1
 
 
+def cpu_model():
+    """'AMD EPYC (AVX2, no native bf16)': the CPU's name and whether it computes bf16 natively."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "CPU")
+    flags = set(info.split())
+    vector = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} ({vector}, {'native bf16' if cpu_has_native_bf16() else 'no native bf16'})"
+
+
 class PublicRecipe:
     """bench/public_recipe.py serving timings from its own process (default OpenMP settings)."""
 
@@ -116,18 +127,6 @@ class PublicRecipe:
         self.proc.wait()
 
 
-def start_competitor(args, tmp):
-    """A second training run on the same data (train_dense.py, long enough to outlast us)."""
-    cmd = [sys.executable, str(REPO / "train_dense.py"), "--data-dir", args.data_dir, "--no-download",
-           "--train-subset", str(args.train_subset), "--test-subset", str(args.test_subset),
-           "--epochs", "1000", "--milestones", "--device", args.device,
-           "--checkpoint-dir", str(Path(tmp) / "ck"), "--results-dir", str(Path(tmp) / "res")]
-    env = {k: v for k, v in os.environ.items() if k not in utils.runtime.CHOSEN}  # a plain user's run
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    time.sleep(args.competitor_warmup)  # past its start-up, into its training epochs
-    return proc
-
-
 @cli_main
 def main(argv=None):
     parser = task_parser(__doc__.splitlines()[0])
@@ -139,10 +138,6 @@ def main(argv=None):
     parser.add_argument("--compiled", choices=("auto", "yes", "no"), default="auto",
                         help="also time our loop torch.compiled; auto = on CUDA only (compiling "
                              "on a CPU takes minutes)")
-    parser.add_argument("--competitor", action="store_true",
-                        help="measure beside a second training run (train_dense.py on the same data)")
-    parser.add_argument("--competitor-warmup", type=float, default=20.0,
-                        help="seconds the competitor runs before the timing starts")
     parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     setup = task_setup(args)
@@ -170,34 +165,33 @@ def main(argv=None):
         time_bare(model, optimizer, setup, 2, forward)
     evaluate(model, setup.test, precision=setup.precision)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        competitor = start_competitor(args, tmp) if args.competitor else None
-        public = PublicRecipe(args, hp) if args.compare_public else None
-        try:
-            runs = {name: [] for name in variants}
-            bare = {name: [] for name in variants}
+    public = PublicRecipe(args, hp) if args.compare_public else None
+    try:
+        runs = {name: [] for name in variants}
+        bare = {name: [] for name in variants}
+        if public:
+            runs["public"] = []
+        for _ in range(args.repeats):  # interleaved, so load from other processes hits all alike
+            for name, forward in variants.items():
+                is_compiled = name != "ours"
+                bare[name].append(time_bare(model, optimizer, setup, steps, forward))
+                runs[name].append(time_loop(model, optimizer, setup, steps, forward, is_compiled))
             if public:
-                runs["public"] = []
-            for _ in range(args.repeats):  # interleaved, so load from other processes hits all alike
-                for name, forward in variants.items():
-                    is_compiled = name != "ours"
-                    bare[name].append(time_bare(model, optimizer, setup, steps, forward))
-                    runs[name].append(time_loop(model, optimizer, setup, steps, forward, is_compiled))
-                if public:
-                    runs["public"].append(public.time(steps))
-        finally:
-            if public:
-                public.close()
-            if competitor:
-                competitor.terminate()
-                competitor.wait()
+                runs["public"].append(public.time(steps))
+    finally:
+        if public:
+            public.close()
 
     report = {"device": str(setup.device), "cpu_threads": torch.get_num_threads(), "arch": args.arch,
               "precision": setup.precision, "batch_size": hp.batch_size, "train_images": len(setup.train),
-              "test_images": len(setup.test), "steps": steps, "competitor": args.competitor,
-              "compile_seconds": compile_seconds}
-    if torch.cuda.is_available() and setup.device.type == "cuda":
+              "test_images": len(setup.test), "steps": steps, "compile_seconds": compile_seconds,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default (spin)")}
+    if setup.device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(setup.device)
+    else:
+        report["cpu"] = cpu_model()
+    print(f"{report.get('gpu') or report['cpu']}: {report['cpu_threads']} CPU threads, {setup.precision}, "
+          f"OpenMP wait: {report['omp_wait_policy']}")
     for name, times in runs.items():
         step_s = statistics.median(t[0] for t in times)
         epoch_s = statistics.median(t[1] for t in times)

@@ -6,12 +6,13 @@ import json
 import re
 import shlex
 import shutil
+import statistics
 import time
 
+import pytest
 import torch
 
 from conftest import MNIST_DIR, TINY_DATA, assert_user_error, run_script
-from test_plots_report import md_table
 from utils.io import load_csv
 
 STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init",
@@ -174,7 +175,26 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     assert not torch.equal(inits[0]["conv1.weight"], inits[1]["conv1.weight"])
     for f in ("report.pdf", "report.md", "code.zip"):  # plots and report: once, over the top-level folder
         assert (res / f).is_file(), f
-    # aggregate.csv: asserted once plot_results aggregates
+    # aggregate.csv per task, equal to a recomputation from the two seeds' own files
+    lottery = [load_csv(res / f"seed_{seed}" / "lottery" / "summary.csv") for seed in (0, 1)]
+    agg = {(r["method"], r["sparsity"], r["round"], r["column"]): r for r in load_csv(res / "lottery" / "aggregate.csv")}
+    for a, b in zip(*lottery):
+        assert (a["method"], a["sparsity"], a["round"]) == (b["method"], b["sparsity"], b["round"])
+        for column in ("ticket_acc", "retrained_acc"):
+            row = agg[(a["method"], a["sparsity"], a["round"], column)]
+            values = [float(a[column]), float(b[column])]
+            assert float(row["mean"]) == pytest.approx(statistics.fmean(values), rel=1e-5, abs=1e-6)
+            assert float(row["std"]) == pytest.approx(statistics.stdev(values), rel=1e-5, abs=1e-6)
+            assert row["n"] == "2"
+    dense = {r["column"]: r for r in load_csv(res / "dense" / "aggregate.csv")}
+    accs = [json.loads((res / f"seed_{seed}" / "dense" / "summary.json").read_text())["test_acc"] for seed in (0, 1)]
+    assert float(dense["test_acc"]["mean"]) == pytest.approx(statistics.fmean(accs), rel=1e-5)
+    for task in ("magnitude", "early_bird", "prune_at_init", "earlycrop", "robustness", "ticket_transfer"):
+        assert (res / task / "aggregate.csv").is_file(), task
+    assert {"accuracy_vs_sparsity.png", "leaderboard_accuracy_vs_sparsity.png",
+            "leaderboard_accuracy_vs_cost.png"} <= {p.name for p in plots.glob("*.png")}
+    report = (res / "report.md").read_text()
+    assert "n = 2" in report and "|Δ| > 2·se" in report
 
     # a second run trains nothing: no summary, trajectory or trained checkpoint is rewritten
     stamps, files = _stamps(res), _files(res, ck)
