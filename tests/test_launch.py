@@ -4,7 +4,6 @@ one-line error without submitit."""
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ DEPENDS: the inputs each script reads, nothing more.
     python -m utils.launch --log L --marker M -- python step.py ...   # what a Slurm job runs
 """
 import argparse
-import os
 import shlex
 import subprocess
 import sys
