@@ -45,8 +45,10 @@ def test_compiled_trajectory_matches_eager(tiny, tmp_path):
     rows_c = load_csv(tmp_path / "compiled" / "res" / "trajectory.csv")
     assert len(rows_e) == len(rows_c) == 3
     for a, b in zip(rows_e, rows_c):
-        for column in ("train_loss", "test_loss"):
-            assert float(b[column]) == pytest.approx(float(a[column]), rel=2e-3), (column, a["epoch"])
+        # float rounding differs (fused kernels); the eval-mode test loss of a barely trained net
+        # (running statistics of 2 steps) amplifies it most
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=2e-3), a["epoch"]
+        assert float(b["test_loss"]) == pytest.approx(float(a["test_loss"]), rel=1e-2), a["epoch"]
         # an image may flip class on a near-tie: accuracy within one of 64 images
         assert abs(float(b["test_acc"]) - float(a["test_acc"])) <= 100 / 64 + 1e-9
     for (name, w_e), w_c in zip(eager.state_dict().items(), compiled.state_dict().values()):
