@@ -164,8 +164,11 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
         assert set(det["ratios"]) == {"0.3", "0.5"} and det["window"] == 2
         for step in TRAINING + ["robustness"]:
             assert (r / "logs" / f"{step}.log").is_file() and (r / "logs" / f"{step}.done").is_file()
-    # nothing of a single-seed layout at the top level: only the seeds, the logs and the report
-    assert not (res / "dense").exists() and not (ck / "dense").exists()
+    # nothing of a single-seed layout at the top level: only the seeds, the logs, the report and
+    # one aggregate.csv per task folder
+    assert not (ck / "dense").exists()
+    for folder in (p for p in res.iterdir() if p.is_dir() and p.name != "logs" and not p.name.startswith("seed_")):
+        assert [f.name for f in folder.iterdir()] == ["aggregate.csv"], folder
     assert sorted(p.name for p in (res / "logs").iterdir()) == ["make_report.done", "make_report.log",
                                                                "plot_results.done", "plot_results.log"]
     # the two replicates are different networks from the first weight on
