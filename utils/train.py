@@ -512,7 +512,7 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
                         "epochs; keep --save-epochs within --epochs")
     device = next(model.parameters()).device
     precision = resolve_precision(hp.precision, device)
-    compile_ = resolve_compile(getattr(hp, "compile", "auto"), device)
+    compile_ = resolve_compile(hp.compile, device)
     if compile_ and hp.compile == "auto":  # a machine where compiling fails (no Triton...) runs eager
         torch._dynamo.config.suppress_errors = True
     resume_path = ckpt_dir / "resume.pt"

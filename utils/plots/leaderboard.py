@@ -43,14 +43,22 @@ def _dense(board):
     return next((e for e in board.entries if e.family == "dense"), None)
 
 
-def fig_leaderboard_sparsity(res):
+def _canvas(res):
+    """(board, {line name: entries}, {line name: (marker, colour)}, fig, ax, dense entry), or None
+    when the results hold no pruned method."""
     board = pruned_board(res)
     if board is None:
         return None
     groups = lines(board)
-    styles = _styles(groups)
     fig, ax = plt.subplots(figsize=(10, 6))
-    dense = _dense(board)
+    return board, groups, _styles(groups), fig, ax, _dense(board)
+
+
+def fig_leaderboard_sparsity(res):
+    canvas = _canvas(res)
+    if canvas is None:
+        return None
+    board, groups, styles, fig, ax, dense = canvas
     if dense:
         ax.axhline(dense.acc, color="black", ls=":", label=f"dense ({dense.acc:.2f}%)")
     for name, entries in groups.items():
@@ -66,13 +74,10 @@ def fig_leaderboard_sparsity(res):
 
 
 def fig_leaderboard_cost(res):
-    board = pruned_board(res)
-    if board is None:
+    canvas = _canvas(res)
+    if canvas is None:
         return None
-    groups = lines(board)
-    styles = _styles(groups)
-    fig, ax = plt.subplots(figsize=(10, 6))
-    dense = _dense(board)
+    board, groups, styles, fig, ax, dense = canvas
     if dense:
         errorbar(ax, as_rows([dense], lambda e: 1.0), "x", "acc", "k*", ms=12,
                  label=f"dense, trained once ({dense.acc:.2f}%)")
