@@ -29,8 +29,8 @@ from utils.experiment import task_parser, task_setup
 from utils.io import save_csv, save_json, save_torch
 from utils.lottery import checkpoint_label, write_mask
 from utils.pruning import apply_mask, weights_fingerprint
-from utils.three_regime import (AXES, GRIDS, SUMMARY_COLUMNS, assign_regimes, check_epoch_checkpoints,
-                                check_grid, conv_density_mask, conv_weights, dense_hp, density_name,
+from utils.three_regime import (AXES, BN_BATCH, CKA_THRESHOLD, GRIDS, MC_THRESHOLD, SUMMARY_COLUMNS,
+                                assign_regimes, check_epoch_checkpoints, check_grid, conv_density_mask, conv_weights, dense_hp, density_name,
                                 measure_pair, summary_row, temperature_name)
 from utils.train import checkpoint, evaluate, train_run
 
@@ -53,13 +53,16 @@ def parse_args(argv):
     m = parser.add_argument_group("measurements")
     m.add_argument("--lmc-points", type=int, default=11, help="points on the linear path, endpoints included")
     m.add_argument("--bn-batches", type=int, default=0,
-                   help="un-augmented training batches of 128 that re-estimate BatchNorm statistics "
-                        "at each path point (0 = all)")
+                   help="un-augmented training batches that re-estimate BatchNorm statistics at each "
+                        "path point (0 = all)")
+    m.add_argument("--bn-batch-size", type=int, default=BN_BATCH,
+                   help="images per BatchNorm re-estimation batch (the authors' lmc.py uses 64)")
     m.add_argument("--cka-images", type=int, default=6464,
                    help="first N un-augmented training images whose softmax outputs CKA compares")
-    m.add_argument("--mc-threshold", type=float, default=0.1, help="Regime I: mc < -threshold")
-    m.add_argument("--cka-threshold", type=float, default=None,
-                   help="Regime II-B: cka >= threshold (default: the median cka of the non-I cells)")
+    m.add_argument("--mc-threshold", type=float, default=MC_THRESHOLD,
+                   help="Regime I: mc < -threshold (ours: the paper draws its lines by eye)")
+    m.add_argument("--cka-threshold", type=float, default=CKA_THRESHOLD,
+                   help="Regime II-B: cka >= threshold (ours: the paper draws its lines by eye)")
     return parser.parse_args(argv)
 
 
@@ -79,7 +82,9 @@ def main(argv=None):
         raise UserError(f"--cka-images must be >= 2, got {args.cka_images}")
     if args.mc_threshold < 0:
         raise UserError(f"--mc-threshold must be >= 0 (Regime I is mc < -threshold), got {args.mc_threshold}")
-    if args.cka_threshold is not None and not 0 <= args.cka_threshold <= 1:
+    if args.bn_batch_size < 1:
+        raise UserError(f"--bn-batch-size must be >= 1, got {args.bn_batch_size}")
+    if not 0 <= args.cka_threshold <= 1:
         raise UserError(f"--cka-threshold must lie in [0, 1], got {args.cka_threshold}")
 
     # Step 2: the dense run: its init.pt, and on the epochs axis every temperature's checkpoint.
@@ -158,21 +163,25 @@ def main(argv=None):
                        unit="point", dynamic_ncols=True)
             measured = [measure_pair(scratch, finals[i - 1], finals[j - 1], setup.train, cell_res, i, j,
                                      points=args.lmc_points, bn_batches=args.bn_batches,
+                                     bn_batch_size=args.bn_batch_size,
                                      cka_images=args.cka_images, force=force, progress=lambda: bar.update())
                         for i, j in pairs]
             bar.close()
             rows.append(summary_row(args.axis, temperature, density, dense_acc, summaries, measured))
             r = rows[-1]
             print(f"{temp_name} {density_name(density)}: dense {dense_acc:.2f}% -> pruned {r['pruned_acc']:.2f}% "
-                  f"-> retrained {r['retrained_acc']:.2f}%, mc {r['mc']:+.4f}, barrier {r['barrier']:.4f}, "
-                  f"cka {r['cka']:.4f}")
+                  f"-> retrained {r['retrained_acc']:.2f}%, mc {r['mc']:+.4f} ({r['mc_from']}), "
+                  f"barrier {r['barrier']:.4f}, cka {r['cka']:.4f}")
 
-    # Step 7: the regimes from mc and cka, then summary.csv and regimes.json.
-    thresholds = assign_regimes(rows, args.mc_threshold, args.cka_threshold)
+    # Step 7: the regimes from mc and cka, and under a grid of thresholds around them; then
+    # summary.csv and regimes.json.
+    regimes = assign_regimes(rows, args.mc_threshold, args.cka_threshold)
     save_csv(rows, res_root / "summary.csv", SUMMARY_COLUMNS)
-    save_json(thresholds, res_root / "regimes.json")
-    print(f"regimes (mc threshold {args.mc_threshold:g}, cka threshold {thresholds['cka_threshold']}): "
-          + ", ".join(f"{r['temperature']}/{r['density']:g}={r['regime']}" for r in rows))
+    save_json(regimes, res_root / "regimes.json")
+    print(f"regimes (mc threshold {args.mc_threshold:g}, cka threshold {args.cka_threshold:g}; * = changes "
+          "within the sensitivity grid): "
+          + ", ".join(f"{r['temperature']}/{r['density']:g}={r['regime']}{'' if r['robust'] == 'yes' else '*'}"
+                      for r in rows))
     print(f"wrote {res_root / 'summary.csv'} and {res_root / 'regimes.json'}")
 
 

@@ -57,7 +57,7 @@ def three_regime(root, seed):
     for axis, temps in (("epochs", (2, 4)), ("batch-size", (32,))):
         write_csv(root / "three_regime" / axis / "summary.csv", THREE_REGIME,
                   [(axis, t, d, 85.0, 40.0 + t, 0.0, 80.0 + t + 10 * d + 3 * seed * d, 0.0, -0.1 + 0.05 * seed, 0.0,
-                    0.2, 0.0, 0.9 - d, 0.0, 1, "II-A") for t in temps for d in (0.1, 0.5)])
+                    0.2, 0.0, 0.9 - d, 0.0, 1, "II-A", "interior", 0, "yes") for t in temps for d in (0.1, 0.5)])
 
 
 def make_seeds(root, seeds=(0, 1)):

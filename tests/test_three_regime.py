@@ -10,10 +10,11 @@ import torch
 from data import CifarSplit
 from models import get_model
 from utils.errors import UserError
-from utils.three_regime import (assign_regimes, batch_schedule, batchnorms, check_grid, classify,
-                                conv_density_mask, conv_weights, csv_float, density_name, interpolate,
-                                linear_cka, linear_path, loss_barrier, mode_connectivity, path_alphas,
-                                reestimate_bn, softmax_outputs, temperature_name)
+from utils.three_regime import (CKA_THRESHOLD, MC_THRESHOLD, assign_regimes, batch_schedule, batchnorms,
+                                check_grid, classify, conv_density_mask, conv_weights, csv_float, density_name,
+                                interpolate, linear_cka, linear_path, loss_barrier, mc_point, mc_source,
+                                mode_connectivity, path_alphas, reestimate_bn, softmax_outputs,
+                                summary_row, temperature_name)
 
 
 def random_split(n, seed=0):
@@ -33,23 +34,64 @@ def small_net(seed):
 
 def test_mc_and_barrier_of_a_self_pair_are_zero():
     alphas = path_alphas(11)
-    assert mode_connectivity([0.3] * 11) == 0.0
+    assert mode_connectivity([0.3] * 11, 1000) == 0.0
     assert loss_barrier(alphas, [1.7] * 11) == 0.0
 
 
 def test_mc_and_barrier_of_hand_made_curves():
     # a bump of error in the middle: mid = 0.1, E(0.5) = 0.3 -> mc = -0.2 (a barrier)
-    assert mode_connectivity([0.1, 0.3, 0.1]) == pytest.approx(-0.2)
+    assert mode_connectivity([0.1, 0.3, 0.1], 1000) == pytest.approx(-0.2)
     # a dip: mid = 0.2, deepest point 0.05 -> mc = +0.15
-    assert mode_connectivity([0.2, 0.1, 0.05, 0.1, 0.2]) == pytest.approx(0.15)
+    assert mode_connectivity([0.2, 0.1, 0.05, 0.1, 0.2], 1000) == pytest.approx(0.15)
     # endpoints count: mid 0.2, |0.2 - E| is 0.2 at alpha 0 and alpha 1, 0.15 inside; the first
     # maximum (alpha 0) is taken: mc = 0.2 - 0.0
-    assert mode_connectivity([0.0, 0.05, 0.4]) == pytest.approx(0.2)
+    assert mode_connectivity([0.0, 0.05, 0.4], 1000) == pytest.approx(0.2)
     # loss 3 at alpha 0.5 against the chord 1.5 -> 1.5; a path below its chord -> 0
     assert loss_barrier([0, 0.5, 1], [1, 3, 2]) == pytest.approx(1.5)
     assert loss_barrier([0, 0.5, 1], [1, 0.5, 2]) == 0.0
     # chord 2 - alpha: gaps 0.75, 0.9, 0.95 inside; the largest is at alpha 0.75
     assert loss_barrier(path_alphas(5), [2, 2.5, 2.4, 2.2, 1]) == pytest.approx(2.2 - 1.25)
+
+
+def rounded(errors):
+    """The error fractions as a CSV with 6 significant digits would hold them."""
+    return [float(f"{e:.6g}") for e in errors]
+
+
+@pytest.mark.parametrize("n", [1017, 5085, 50000])
+def test_the_endpoint_tie_is_decided_by_the_first_point_not_by_rounding(n):
+    # Paths whose largest deviation from the endpoints' mean is the endpoint tie itself:
+    # |mid - E0| = |mid - E1| = |W1 - W0| / 2n, every interior point deviating less. The rule
+    # (tie within a quarter image, first point taken) must pick alpha 0 for exact counts, for
+    # fractions rounded to 6 digits, and for fractions off by a few ulps either way; then
+    # mc = mid - E0 = (E1 - E0) / 2, whose sign only says which copy is the worse one.
+    for wrong in ([100, 130, 125, 140, 160],   # E0 < E1: mc = +30 images
+                  [160, 140, 150, 131, 100],   # E0 > E1: mc = -30 images
+                  [100, 130, 160]):            # an interior point exactly at the mean
+        exact = [w / n for w in wrong]
+        half_gap = (wrong[-1] - wrong[0]) / (2 * n)
+        variants = [exact, rounded(exact),
+                    [e * (1 + 1e-15) if k == len(exact) - 1 else e for k, e in enumerate(exact)],
+                    [e * (1 - 1e-15) if k == 0 else e for k, e in enumerate(exact)]]
+        for errors in variants:
+            mc, star = mc_point(errors, n)
+            assert star == 0 and mc_source(star, len(errors)) == "endpoint", (wrong, errors)
+            assert mc == pytest.approx(half_gap, rel=1e-5)
+    # the naive argmax on the perturbed E0 > E1 path would take alpha 1 and flip the sign
+    errors = [160 / n, 140 / n, 150 / n, 131 / n, (100 / n) * (1 - 1e-15)]
+    assert mc_point(errors, n)[0] < 0
+
+
+def test_an_interior_point_beyond_the_tie_by_one_image_wins():
+    n = 5085
+    # W = 100 ... 160: mid 130 images; interior 161 deviates 31 > 30: a barrier of 31 images
+    for errors in ([w / n for w in (100, 120, 161, 150, 160)], rounded([w / n for w in (100, 120, 161, 150, 160)])):
+        mc, star = mc_point(errors, n)
+        assert star == 2 and mc_source(star, 5) == "interior"
+        assert mc == pytest.approx(-31 / n, rel=1e-5)
+    # a dip one image deeper than the tie: mid 130, interior 99 deviates 31
+    mc, star = mc_point([w / n for w in (100, 99, 160)], n)
+    assert (star, mc) == (1, pytest.approx(31 / n))
 
 
 def test_a_real_self_pair_path_is_flat():
@@ -59,7 +101,8 @@ def test_a_real_self_pair_path_is_flat():
     rows = linear_path(small_net(1), params, params, train, points=3)
     assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
     assert len({r["train_loss"] for r in rows}) == 1 and len({r["train_error"] for r in rows}) == 1
-    assert mode_connectivity([r["train_error"] for r in rows]) == 0.0
+    assert mode_connectivity([r["train_error"] for r in rows], 150) == 0.0
+    assert {r["train_wrong"] for r in rows} == {round(rows[0]["train_error"] * 150)} and rows[0]["train_images"] == 150
     assert loss_barrier([r["alpha"] for r in rows], [r["train_loss"] for r in rows]) == 0.0
 
 
@@ -94,9 +137,9 @@ def test_interpolation_endpoints_and_pruned_zeros():
         torch.testing.assert_close(got[n], 0.7 * pa[n] + 0.3 * pb[n])
 
 
-@pytest.mark.parametrize("max_batches", [0, 2])
-def test_bn_reestimation_is_the_exact_average_of_batch_statistics(max_batches):
-    train = random_split(300)  # batches of 128, 128, 44
+@pytest.mark.parametrize("max_batches, batch_size, all_batches", [(0, 128, 3), (2, 128, 3), (0, None, 5)])
+def test_bn_reestimation_is_the_exact_average_of_batch_statistics(max_batches, batch_size, all_batches):
+    train = random_split(300)  # batches of 128, 128, 44; by default (64, the authors') 4 x 64 + 44
     train.images[256:] //= 4  # a darker last batch: weighting per image instead of per batch would show
     net = small_net(0)
     with torch.no_grad():
@@ -109,10 +152,10 @@ def test_bn_reestimation_is_the_exact_average_of_batch_statistics(max_batches):
         x = inputs[0].detach().double()
         seen.setdefault(module, []).append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)))
     handles = [m.register_forward_pre_hook(hook) for m in batchnorms(net)]
-    reestimate_bn(net, train, max_batches)
+    reestimate_bn(net, train, max_batches, *([batch_size] if batch_size else []))
     for h in handles:
         h.remove()
-    expected_batches = 2 if max_batches else 3
+    expected_batches = max_batches or all_batches
     for m in batchnorms(net):
         stats = seen[m]
         assert len(stats) == expected_batches
@@ -222,14 +265,65 @@ def test_grid_checks():
 def test_regimes_from_mc_and_cka():
     rows = [{"mc": -0.2, "cka": 0.99}, {"mc": 0.0, "cka": 0.5}, {"mc": 0.05, "cka": 0.8},
             {"mc": -0.05, "cka": 0.7}, {"mc": -0.1, "cka": 0.6}]
-    thresholds = assign_regimes(rows, 0.1)
-    # mc = -0.1 is not below -0.1: connected; the non-I ckas 0.5 0.8 0.7 0.6 have median 0.65
-    assert thresholds["mc_threshold"] == 0.1 and thresholds["cka_threshold"] == pytest.approx(0.65)
+    regimes = assign_regimes(rows, 0.1, 0.65)
+    # mc = -0.1 is not below -0.1: connected
+    assert regimes["mc_threshold"] == 0.1 and regimes["cka_threshold"] == 0.65
     assert [r["regime"] for r in rows] == ["I", "II-A", "II-B", "II-B", "II-A"]
-    thresholds = assign_regimes(rows, 0.04, cka_threshold=0.55)
-    assert thresholds["cka_threshold"] == 0.55
+    regimes = assign_regimes(rows, 0.04, cka_threshold=0.55)
+    assert regimes["cka_threshold"] == 0.55 and regimes["cka_threshold_from"] == "--cka-threshold"
     assert [r["regime"] for r in rows] == ["I", "II-A", "II-B", "I", "I"]
-    all_bad = [{"mc": -1.0, "cka": 0.9}]
-    assert assign_regimes(all_bad, 0.1)["cka_threshold"] is None and all_bad[0]["regime"] == "I"
-    assert classify(0.0, 0.3, 0.1, None) == "II-A"
+    assert classify(0.0, math.nan, 0.1, 0.5) == "II-A"  # an undefined CKA is not II-B
     assert csv_float(0.123456789) == 0.123457
+
+
+def test_default_thresholds_are_fixed_numbers_not_statistics_of_the_data():
+    # the same cell gets the same regime whatever the other cells are: no median of the data
+    cell = {"mc": -0.05, "cka": 0.985}
+    for others in ([], [{"mc": 0.0, "cka": 0.999}] * 5, [{"mc": 0.0, "cka": 0.2}] * 5):
+        rows = [dict(cell)] + [dict(o) for o in others]
+        regimes = assign_regimes(rows)
+        assert (regimes["mc_threshold"], regimes["cka_threshold"]) == (MC_THRESHOLD, CKA_THRESHOLD) == (0.1, 0.98)
+        assert "ours" in regimes["cka_threshold_from"] and rows[0]["regime"] == "II-B"
+
+
+def test_an_endpoint_tie_beyond_the_threshold_is_undecided_never_regime_one():
+    # |mc| = 0.15 from the endpoint tie: interior points deviate at most 0.15, so whether a
+    # barrier beyond 0.1 exists is unknown, whichever copy happens to be the worse one
+    for mc in (-0.15, 0.15):
+        assert classify(mc, 0.99, 0.1, 0.98, "endpoint") == "undecided"
+    # |mc| within the threshold: no point deviates more than 0.1, so connected
+    assert classify(-0.08, 0.99, 0.1, 0.98, "endpoint") == "II-B"
+    assert classify(-0.15, 0.99, 0.1, 0.98, "interior") == "I"
+    rows = [{"mc": -0.15, "cka": 0.5, "mc_from": "endpoint"}]
+    regimes = assign_regimes(rows)
+    assert rows[0]["regime"] == "undecided" and rows[0]["robust"] == "no"
+    assert regimes["cells"][0]["mc_from"] == "endpoint" and regimes["cells"][0]["robust"] is False
+
+
+def test_sensitivity_grid_marks_cells_whose_regime_hangs_on_a_threshold():
+    rows = [{"mc": -0.5, "cka": 0.5},      # I at every mc cut-off 0.05, 0.1, 0.2: robust
+            {"mc": -0.15, "cka": 0.99},    # I at 0.05 and 0.1, II-B at 0.2: not robust
+            {"mc": 0.0, "cka": 0.985},     # II-B at cka 0.97, 0.98; II-A at 0.99: not robust
+            {"mc": 0.0, "cka": 0.995},     # II-B everywhere: robust
+            {"mc": -0.01, "cka": 0.90}]    # II-A everywhere: robust
+    regimes = assign_regimes(rows)
+    grid = regimes["sensitivity"]
+    assert grid["mc_thresholds"] == [0.05, 0.1, 0.2] and grid["cka_thresholds"] == [0.97, 0.98, 0.99]
+    assert [r["regime"] for r in rows] == ["I", "I", "II-B", "II-B", "II-A"]
+    assert [r["robust"] for r in rows] == ["yes", "no", "no", "yes", "yes"]
+    cells = regimes["cells"]
+    assert len(cells[1]["regimes_on_grid"]) == 9
+    assert cells[1]["regimes_on_grid"]["mc 0.2 / cka 0.98"] == "II-B"
+    assert cells[1]["regimes_on_grid"]["mc 0.05 / cka 0.99"] == "I"
+    assert cells[2]["regimes_on_grid"]["mc 0.1 / cka 0.99"] == "II-A"
+
+
+def test_a_cell_with_any_endpoint_pair_says_so():
+    copies = [{"start_test_acc": 10.0, "test_acc": 50.0}] * 3
+    pairs = [{"mc": -0.2, "barrier": 0.1, "cka": 0.9, "mc_from": "interior"},
+             {"mc": 0.1, "barrier": 0.1, "cka": 0.9, "mc_from": "endpoint"},
+             {"mc": -0.2, "barrier": 0.1, "cka": 0.9, "mc_from": "interior"}]
+    row = summary_row("epochs", 10, 0.1, 90.0, copies, pairs)
+    assert (row["mc_from"], row["mc_endpoint_pairs"]) == ("endpoint", 1)
+    row = summary_row("epochs", 10, 0.1, 90.0, copies, [pairs[0]])
+    assert (row["mc_from"], row["mc_endpoint_pairs"]) == ("interior", 0)

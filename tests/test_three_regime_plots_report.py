@@ -32,10 +32,14 @@ def write_fixture(root, axis="epochs"):
             rows.append({"axis": axis, "temperature": t, "density": d, "dense_acc": 91.0, "pruned_acc": 30.0,
                          "pruned_acc_std": 0.0, "retrained_acc": ACC[t][j], "retrained_acc_std": 0.5,
                          "mc": MC[t][j], "mc_std": 0.0, "barrier": max(0.0, -MC[t][j]) * 2, "barrier_std": 0.0,
-                         "cka": CKA[t][j], "cka_std": 0.0, "pairs": 1, "regime": REGIME[t][j]})
+                         "cka": CKA[t][j], "cka_std": 0.0, "pairs": 1, "regime": REGIME[t][j],
+                         # one endpoint tie, within the threshold: still classed
+                         "mc_from": "endpoint" if (t, d) == (10, 0.05) else "interior",
+                         "mc_endpoint_pairs": int((t, d) == (10, 0.05))})
     save_csv(rows, root / "three_regime" / axis / "summary.csv", SUMMARY_COLUMNS)
     (root / "three_regime" / axis / "regimes.json").write_text(
-        json.dumps({"mc_threshold": 0.1, "cka_threshold": 0.9, "cka_threshold_from": "--cka-threshold"}))
+        json.dumps({"mc_threshold": 0.1, "cka_threshold": 0.9, "cka_threshold_from": "--cka-threshold",
+                    "sensitivity": {"mc_thresholds": [0.05, 0.1, 0.2], "cka_thresholds": [0.89, 0.9, 0.91]}}))
     return Results(root)
 
 
@@ -82,8 +86,18 @@ def test_report_section_is_computed_from_the_file(tmp_path):
     table = doc.tables["three_regime_epochs"]
     assert table.columns[:5] == ["epochs", "density", "dense", "pruned", "retrained"]
     assert len(table.rows) == 9
-    assert table.rows[0] == ["10", "5%", "91.00", "30.00", "60.00 ± 0.50", "0.0100", "0.0000", "0.8000", "II-A"]
+    assert table.rows[0] == ["10", "5%", "91.00", "30.00", "60.00 ± 0.50", "0.0100", "endpoint", "0.0000",
+                             "0.8000", "II-A"]
     assert table.rows[-1][-1] == "II-B" and table.rows[6][5] == "-0.5000"
+    # cka 0.90 at 10/20% is II-B at cka cut-off 0.89 and 0.9, II-A at 0.91; mc -0.2 at 160/20% is
+    # I at mc cut-off 0.05 and 0.1, not at 0.2: both marked, not findings
+    assert table.rows[1][-1] == "II-B*" and table.rows[7][-1] == "I*"
+    sens = doc.tables["three_regime_epochs_sensitivity"]
+    assert sens.columns[2] == "0.1 / 0.9" and sens.columns[-1] == "robust" and len(sens.columns) == 2 + 9 + 1
+    by_cell = {(r[0], r[1]): dict(zip(sens.columns, r)) for r in sens.rows}
+    assert by_cell[("160", "20%")]["0.2 / 0.9"] == "II-A" and by_cell[("160", "20%")]["0.05 / 0.91"] == "I"
+    assert by_cell[("10", "20%")]["0.1 / 0.91"] == "II-A" and by_cell[("10", "20%")]["robust"] == "no"
+    assert [r[-1] for r in sens.rows].count("yes") == 7
     text = "\n".join(str(b[1]) for b in doc.blocks)
     assert "density 5%: epochs 10 (test error 40.00%, regime II-A)" in text
     assert "density 50%: epochs 160 (test error 10.00%, regime II-B)" in text
@@ -92,7 +106,9 @@ def test_report_section_is_computed_from_the_file(tmp_path):
     assert "density 50%: epochs 10 vs 160: Δ = -5.00 points, one seed" in text
     assert ("With one seed this is not called: at the lowest density (5%) heating saves Δ = +5.00 points, one seed, "
             "at the highest (50%) Δ = -5.00 points, one seed.") in text
-    assert "1 cell in II-A" in text and "3 cells in I" in text and "5 cells in II-B" in text
+    assert "1 in II-A, 2 in I" not in text  # the order is I, II-A, II-B
+    assert "2 in I, 1 in II-A, 4 in II-B; 2 of 9 cells are undecided (marked *)" in text
+    assert "In 1 cell mc comes from the endpoint tie" in text
     assert ("figure", "three_regime_epochs") in doc.blocks
     assert "run python three_regime.py --axis batch-size" in text  # the other axis is missing
     rows = res.csv("three_regime", "epochs", "summary.csv")

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_DATA, assert_user_error, run_script
 from utils.io import load_csv, load_json
-from utils.three_regime import SUMMARY_COLUMNS, classify, loss_barrier, mode_connectivity
+from utils.three_regime import LMC_COLUMNS, SUMMARY_COLUMNS, classify, loss_barrier, mc_point, mc_source
 
 GRID = ["--temperatures", 1, 3, "--densities", 0.1, 0.5, "--copies", 2]
 SMALL = ["--train-subset", 128, "--test-subset", 256, "--epochs", 1, "--milestones",
@@ -40,14 +40,19 @@ def test_summary_and_regimes(grid_run):
     assert [(r["temperature"], r["density"]) for r in rows] == [("1", "0.1"), ("1", "0.5"), ("3", "0.1"), ("3", "0.5")]
     regimes = load_json(res / "regimes.json")
     mc_t, cka_t = regimes["mc_threshold"], regimes["cka_threshold"]
-    assert mc_t == 0.1
-    non_i = sorted(float(r["cka"]) for r in rows if not float(r["mc"]) < -mc_t)
-    assert cka_t == pytest.approx(float(torch.tensor(non_i, dtype=torch.float64).median()) if len(non_i) % 2
-                                  else (non_i[len(non_i) // 2 - 1] + non_i[len(non_i) // 2]) / 2)
+    assert (mc_t, cka_t) == (0.1, 0.98)  # fixed defaults, no statistic of the data
+    assert regimes["sensitivity"]["mc_thresholds"] == [0.05, 0.1, 0.2]
+    assert regimes["sensitivity"]["cka_thresholds"] == [0.97, 0.98, 0.99]
+    assert len(regimes["cells"]) == 4
     dense_traj = load_csv(grid_run["dense"]["results"] / "dense" / "trajectory.csv")
-    for r, (t, d, density) in zip(rows, cells()):
+    for r, cell, (t, d, density) in zip(rows, regimes["cells"], cells()):
         assert r["axis"] == "epochs" and r["pairs"] == "1"
-        assert r["regime"] == classify(float(r["mc"]), float(r["cka"]), mc_t, cka_t)
+        assert r["regime"] == classify(float(r["mc"]), float(r["cka"]), mc_t, cka_t, r["mc_from"])
+        on_grid = {classify(float(r["mc"]), float(r["cka"]), m, c, r["mc_from"])
+                   for m in (0.05, 0.1, 0.2) for c in (0.97, 0.98, 0.99)}
+        assert r["robust"] == ("yes" if on_grid == {r["regime"]} and r["regime"] != "undecided" else "no")
+        assert (cell["regime"], cell["mc_from"], cell["robust"]) == (r["regime"], r["mc_from"], r["robust"] == "yes")
+        assert set(cell["regimes_on_grid"].values()) == on_grid
         # dense_acc: the temperature checkpoint's test accuracy (same images as the dense run's)
         assert float(r["dense_acc"]) == pytest.approx(float(dense_traj[int(r["temperature"])]["test_acc"]), abs=1e-3)
         # pruned_acc: row 0 of the copies; retrained_acc: the mean of their final rows
@@ -58,15 +63,23 @@ def test_summary_and_regimes(grid_run):
         finals = [float(tr[-1]["test_acc"]) for tr in trajs]
         assert float(r["retrained_acc"]) == pytest.approx(sum(finals) / 2, abs=1e-3)
         assert float(r["retrained_acc_std"]) == pytest.approx(abs(finals[0] - finals[1]) / 2, abs=1e-3)
-        # mc and barrier recompute from the pair's path, endpoints included
+        # mc and barrier recompute from the pair's path, endpoints included: the error from its
+        # exact counts, the loss as written at full precision
         path = load_csv(res / t / d / "lmc_1_2.csv")
-        assert list(path[0]) == ["alpha", "train_loss", "train_error"]
+        assert list(path[0]) == LMC_COLUMNS
         assert [float(p["alpha"]) for p in path] == [0, 0.25, 0.5, 0.75, 1]
-        errors = [float(p["train_error"]) for p in path]
+        n = int(path[0]["train_images"])
+        assert n == 128 and all(int(p["train_images"]) == n for p in path)
+        errors = [int(p["train_wrong"]) / n for p in path]
         assert all(0 <= e <= 1 for e in errors)  # a fraction, not a percentage
-        assert float(r["mc"]) == pytest.approx(mode_connectivity(errors), abs=2e-6)
-        assert float(r["barrier"]) == pytest.approx(
-            loss_barrier([float(p["alpha"]) for p in path], [float(p["train_loss"]) for p in path]), abs=1e-5)
+        assert [float(p["train_error"]) for p in path] == pytest.approx(errors, abs=5e-7)  # 6 digits
+        mc, star = mc_point(errors, n)
+        pair = load_json(res / t / d / "pairs.json")["1_2"]
+        assert pair["mc"] == mc and pair["mc_from"] == mc_source(star, 5) == r["mc_from"]
+        assert float(r["mc"]) == pytest.approx(mc, rel=5e-6, abs=1e-12)  # summary.csv: 6 digits
+        assert pair["barrier"] == pytest.approx(
+            loss_barrier([float(p["alpha"]) for p in path], [float(p["train_loss"]) for p in path]), abs=1e-12)
+        assert float(r["barrier"]) == pytest.approx(pair["barrier"], rel=5e-6, abs=1e-12)
         assert 0 <= float(r["cka"]) <= 1 and float(r["mc_std"]) == 0  # one pair: no spread
         assert (ck / t / d / "mask.pt").is_file() and (ck / t / d / "start.pt").is_file()
 

@@ -8,11 +8,15 @@ then described by
 - linear mode connectivity between every pair of copies: the training error and loss along the
   straight line θ(α) = (1−α)θ_i + αθ_j, BatchNorm statistics re-estimated at every point;
   `mc` = ½(E₀+E₁) − E(α*) with α* = argmax_α |½(E₀+E₁) − E(α)| (the authors' metric, negative
-  for a barrier) and `barrier` = max_α L(α) − ((1−α)L₀ + αL₁);
+  for a barrier; deviations within a quarter of one image's error count as tied, the first point
+  is taken) and `barrier` = max_α L(α) − ((1−α)L₀ + αL₁);
 - linear CKA (biased HSIC, float64) between the copies' softmax outputs;
 
 and classed as Regime I (poorly connected: mc < −mc_threshold), II-A (connected, dissimilar:
-cka < cka_threshold) or II-B (connected, similar).
+cka < cka_threshold) or II-B (connected, similar); a cell whose α* is an endpoint and |mc| exceeds
+the threshold is `undecided` (there mc = ½(E₁−E₀) only says which copy is worse). Every cell's
+regime is also recomputed under a grid of thresholds around the defaults (`robust`: the same
+regime everywhere on it).
 
 Every path point and every CKA output is computed in plain fp32 (no autocast, no TF32).
 """
@@ -38,11 +42,23 @@ GRIDS = {  # axis -> grid -> (temperatures, densities, copies)
                    "paper": ([16, 32, 64, 128, 256, 512], [0.05, 0.06, 0.07, 0.08, 0.1, 0.14, 0.2, 0.4, 0.8], 3)},
 }
 REFERENCE_BATCH = 128  # the batch size the dense run's epochs are counted in
-BN_BATCH = 128  # BatchNorm statistics are re-estimated on batches of this size
+BN_BATCH = 64  # BatchNorm statistics are re-estimated on batches of this size (the authors' lmc.py --train-batch)
 SUMMARY_COLUMNS = ["axis", "temperature", "density", "dense_acc", "pruned_acc", "pruned_acc_std",
                    "retrained_acc", "retrained_acc_std", "mc", "mc_std", "barrier", "barrier_std",
-                   "cka", "cka_std", "pairs", "regime"]
+                   "cka", "cka_std", "pairs", "regime", "mc_from", "mc_endpoint_pairs", "robust"]
+LMC_COLUMNS = ["alpha", "train_loss", "train_error", "train_wrong", "train_images"]
 REGIMES = ("I", "II-A", "II-B")
+UNDECIDED = "undecided"
+# Default thresholds: ours. The paper (Zhou et al. 2023, Figure 2) draws its regime lines by eye,
+# and no single number reproduces them: inside its Regime I line mc runs from about -0.05 to
+# -0.65, outside it from 0 to about -0.3; the cells it puts in II-B have CKA about 0.98-0.99, but
+# II-A cells at high density reach the same values. 0.1 and 0.98 sit inside those overlaps; the
+# sensitivity grid shows which cells depend on them.
+MC_THRESHOLD = 0.1
+CKA_THRESHOLD = 0.98
+MC_GRID_FACTORS = (0.5, 1.0, 2.0)  # the sensitivity grid: mc threshold x these ...
+CKA_GRID_STEPS = (-0.01, 0.0, 0.01)  # ... and cka threshold + these (clipped to [0, 1])
+TIE_TOLERANCE_IMAGES = 0.25  # mc deviations closer than this many images' error are tied
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +185,8 @@ def reestimate_bn(model, split, max_batches=0, batch_size=BN_BATCH):
 
 @torch.no_grad()
 def evaluate_fp32(model, split, batch_size=1000):
-    """(mean cross-entropy, error fraction) in eval mode over the un-augmented split, fp32."""
+    """(mean cross-entropy, misclassified images, images) in eval mode over the un-augmented
+    split, fp32: the error is kept as an exact count."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
@@ -181,35 +198,56 @@ def evaluate_fp32(model, split, batch_size=1000):
             wrong += (out.argmax(1) != y).sum()
     model.train(was_training)
     loss, wrong = torch.stack([loss_sum, wrong.double()]).tolist()
-    return loss / len(split), wrong / len(split)
+    return loss / len(split), int(wrong), len(split)
 
 
 def path_alphas(points):
     return [i / (points - 1) for i in range(points)]
 
 
-def linear_path(model, params_a, params_b, train, points=11, bn_batches=0, progress=None):
-    """Rows {alpha, train_loss, train_error} along θ(α) = (1−α)θ_a + αθ_b; `model` is a network
-    of the same architecture used as scratch space (its weights are overwritten)."""
+def linear_path(model, params_a, params_b, train, points=11, bn_batches=0, progress=None, bn_batch_size=BN_BATCH):
+    """Rows {alpha, train_loss, train_error, train_wrong, train_images} along
+    θ(α) = (1−α)θ_a + αθ_b; `model` is a network of the same architecture used as scratch space
+    (its weights are overwritten). `train_wrong` is the exact count of misclassified images."""
     rows = []
     for alpha in path_alphas(points):
         interpolate(model, params_a, params_b, alpha)
-        reestimate_bn(model, train, bn_batches)
-        loss, error = evaluate_fp32(model, train)
-        rows.append({"alpha": alpha, "train_loss": loss, "train_error": error})
+        reestimate_bn(model, train, bn_batches, bn_batch_size)
+        loss, wrong, n = evaluate_fp32(model, train)
+        rows.append({"alpha": alpha, "train_loss": loss, "train_error": wrong / n, "train_wrong": wrong,
+                     "train_images": n})
         if progress is not None:
             progress()
     return rows
 
 
-def mode_connectivity(errors):
-    """The authors' mc = ½(E₀+E₁) − E(α*), α* = argmax over all points (endpoints included) of
-    |½(E₀+E₁) − E(α)|; the first such point on ties. Negative: a barrier; positive: a hump of
-    lower error (the path is better than its ends)."""
+def mc_point(errors, n_images):
+    """(mc, k*): the authors' mc = ½(E₀+E₁) − E(α_k*), α* = argmax over all points (endpoints
+    included) of |½(E₀+E₁) − E(α)|, E the error fractions on `n_images` images.
+
+    Ties: the two endpoints always deviate equally (±½(E₁−E₀)), so whether an interior point
+    beats them, or which endpoint wins, must not be left to rounding. Deviations within
+    TIE_TOLERANCE_IMAGES / n_images of the largest count as tied, and the first of them is taken,
+    as the authors' argmax does. Counts of misclassified images deviate by multiples of half an
+    image, so a quarter image separates true ties from true differences exactly."""
     errors = np.asarray(errors, dtype=np.float64)
     mid = 0.5 * (errors[0] + errors[-1])
-    star = int(np.argmax(np.abs(mid - errors)))
-    return float(mid - errors[star])
+    deviation = np.abs(mid - errors)
+    tied = np.flatnonzero(deviation >= deviation.max() - TIE_TOLERANCE_IMAGES / n_images)
+    star = int(tied[0])
+    return float(mid - errors[star]), star
+
+
+def mode_connectivity(errors, n_images):
+    """mc of `mc_point`. Negative: a barrier; positive: a hump of lower error (the path is better
+    than its ends)."""
+    return mc_point(errors, n_images)[0]
+
+
+def mc_source(star, points):
+    """'endpoint' when α* is an end of the path (there mc = ±½(E₁−E₀) measures only how the two
+    copies differ), else 'interior'."""
+    return "endpoint" if star in (0, points - 1) else "interior"
 
 
 def loss_barrier(alphas, losses):
@@ -264,32 +302,58 @@ def csv_float(v):
     return float(f"{v:.6g}")
 
 
-def default_cka_threshold(mcs, ckas, mc_threshold):
-    """The median CKA of the cells that are not Regime I; None when every cell is Regime I."""
-    values = [c for m, c in zip(mcs, ckas) if not m < -mc_threshold and not math.isnan(c)]
-    return float(np.median(values)) if values else None
-
-
-def classify(mc, cka, mc_threshold, cka_threshold):
-    """'I' when mc < −mc_threshold; else 'II-B' when cka >= cka_threshold, else 'II-A'."""
+def classify(mc, cka, mc_threshold, cka_threshold, mc_from="interior"):
+    """'undecided' when α* is an endpoint (`mc_from` != 'interior') and |mc| > mc_threshold: the
+    endpoint tie then hides whether an interior point deviates by more than the threshold; else
+    'I' when mc < −mc_threshold; else 'II-B' when cka >= cka_threshold, else 'II-A' (an undefined
+    cka is II-A)."""
+    if mc_from != "interior" and abs(mc) > mc_threshold:
+        return UNDECIDED
     if mc < -mc_threshold:
         return "I"
-    if cka_threshold is not None and cka >= cka_threshold:
+    if not math.isnan(cka) and cka >= cka_threshold:
         return "II-B"
     return "II-A"
 
 
-def assign_regimes(rows, mc_threshold, cka_threshold=None):
-    """Fill each summary row's `regime`; return the thresholds used (regimes.json)."""
-    source = "--cka-threshold"
-    if cka_threshold is None:
-        cka_threshold = default_cka_threshold([r["mc"] for r in rows], [r["cka"] for r in rows], mc_threshold)
-        source = "median of the non-I cells"
+def sensitivity_grid(mc_threshold, cka_threshold):
+    """(mc thresholds, cka thresholds) around the two in force."""
+    return ([round(mc_threshold * f, 6) for f in MC_GRID_FACTORS],
+            [round(min(1.0, max(0.0, cka_threshold + d)), 6) for d in CKA_GRID_STEPS])
+
+
+def grid_key(mc_threshold, cka_threshold):
+    return f"mc {mc_threshold:g} / cka {cka_threshold:g}"
+
+
+def assign_regimes(rows, mc_threshold=MC_THRESHOLD, cka_threshold=CKA_THRESHOLD):
+    """Fill each summary row's `regime` (at the thresholds in force) and `robust` ('yes' when its
+    regime is one of I, II-A, II-B and the same at every point of the sensitivity grid); return
+    regimes.json: the thresholds, their source, the rules, the grid and every cell's regime on it."""
+    mc_grid, cka_grid = sensitivity_grid(mc_threshold, cka_threshold)
+    cells = []
     for r in rows:
-        r["regime"] = classify(r["mc"], r["cka"], mc_threshold, cka_threshold)
-    return {"mc_threshold": mc_threshold, "cka_threshold": cka_threshold, "cka_threshold_from": source,
+        mc_from = r.get("mc_from") or "interior"
+        cka = math.nan if r["cka"] is None else r["cka"]
+        r["regime"] = classify(r["mc"], cka, mc_threshold, cka_threshold, mc_from)
+        on_grid = {grid_key(m, c): classify(r["mc"], cka, m, c, mc_from) for m in mc_grid for c in cka_grid}
+        robust = r["regime"] in REGIMES and set(on_grid.values()) == {r["regime"]}
+        r["robust"] = "yes" if robust else "no"
+        cells.append({k: r.get(k) for k in ("temperature", "density", "mc", "cka", "mc_from", "regime")}
+                     | {"robust": robust, "regimes_on_grid": on_grid})
+    return {"mc_threshold": mc_threshold,
+            "mc_threshold_from": "--mc-threshold" if mc_threshold != MC_THRESHOLD else
+            "ours (the paper draws its lines by eye; see docs/three_regime.md)",
+            "cka_threshold": cka_threshold,
+            "cka_threshold_from": "--cka-threshold" if cka_threshold != CKA_THRESHOLD else
+            "ours (the paper draws its lines by eye; see docs/three_regime.md)",
             "regime_I": "mc < -mc_threshold", "regime_II_B": "not I and cka >= cka_threshold",
-            "regime_II_A": "not I and cka < cka_threshold"}
+            "regime_II_A": "not I and cka < cka_threshold",
+            "undecided": "alpha* is an endpoint and |mc| > mc_threshold",
+            "tie_tolerance_images": TIE_TOLERANCE_IMAGES,
+            "sensitivity": {"mc_thresholds": mc_grid, "cka_thresholds": cka_grid,
+                            "robust": "the same regime (I, II-A or II-B) at every point of the grid"},
+            "cells": cells}
 
 
 def mean_std(values):
@@ -308,6 +372,8 @@ def summary_row(axis, temperature, density, dense_acc, copies, pairs):
                            ("cka", [math.nan if p["cka"] is None else p["cka"] for p in pairs])):
         mean, std = mean_std(values)
         row[column], row[f"{column}_std"] = csv_float(mean), csv_float(std)
+    endpoint = sum(p["mc_from"] == "endpoint" for p in pairs)
+    row["mc_from"], row["mc_endpoint_pairs"] = ("endpoint" if endpoint else "interior"), endpoint
     return row
 
 
@@ -319,14 +385,14 @@ def pair_key(i, j):
 
 
 def measure_pair(scratch, ckpt_i, ckpt_j, train, cell_results, i, j, *, points, bn_batches, cka_images,
-                 force=False, progress=None):
+                 bn_batch_size=BN_BATCH, force=False, progress=None):
     """mc, barrier and cka of copies i < j (their final checkpoints' dicts); writes
     lmc_<i>_<j>.csv and caches the three numbers in pairs.json, keyed by the two networks'
     weights and the settings, so a rerun measures only what changed."""
     cell_results = Path(cell_results)
     key = {"final_i": weights_fingerprint(ckpt_i["model"]), "final_j": weights_fingerprint(ckpt_j["model"]),
-           "lmc_points": points, "bn_batches": bn_batches, "cka_images": cka_images,
-           "train_images": len(train)}
+           "lmc_points": points, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size,
+           "cka_images": cka_images, "train_images": len(train), "mc_rule": "tie_quarter_image"}
     cache_path, csv_path = cell_results / "pairs.json", cell_results / f"lmc_{i}_{j}.csv"
     cache = load_json(cache_path) if cache_path.is_file() else {}
     hit = cache.get(pair_key(i, j))
@@ -334,14 +400,16 @@ def measure_pair(scratch, ckpt_i, ckpt_j, train, cell_results, i, j, *, points, 
         return hit
     device = next(scratch.parameters()).device
     params = [{n: t.to(device) for n, t in c["model"].items()} for c in (ckpt_i, ckpt_j)]
-    rows = linear_path(scratch, *params, train, points, bn_batches, progress)
-    save_csv(rows, csv_path, ["alpha", "train_loss", "train_error"])
+    rows = linear_path(scratch, *params, train, points, bn_batches, progress, bn_batch_size)
+    # the loss at full precision (repr), the error as an exact count beside its fraction
+    save_csv([r | {"train_loss": repr(r["train_loss"])} for r in rows], csv_path, LMC_COLUMNS)
     outputs = []
     for p in params:  # each copy as trained: its own weights and its own BatchNorm statistics
         scratch.load_state_dict(p)
         outputs.append(softmax_outputs(scratch, train, min(cka_images, len(train))))
     cka = linear_cka(*outputs)
-    result = {"mc": mode_connectivity([r["train_error"] for r in rows]),
+    mc, star = mc_point([r["train_wrong"] / r["train_images"] for r in rows], len(train))
+    result = {"mc": mc, "mc_alpha": rows[star]["alpha"], "mc_from": mc_source(star, points),
               "barrier": loss_barrier([r["alpha"] for r in rows], [r["train_loss"] for r in rows]),
               "cka": None if math.isnan(cka) else cka, "key": key}  # JSON has no NaN
     cache = load_json(cache_path) if cache_path.is_file() else {}

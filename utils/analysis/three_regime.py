@@ -1,11 +1,14 @@
 """Report section of the three-regime phase model (three_regime.py), from its summary.csv and
 regimes.json only: the grid table, the best temperature per density, and whether heating (fewer
 dense epochs, or a smaller dense batch) helps at low density but hurts at high density. Every
-comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
+comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py). Regimes
+are findings only where they are robust to the thresholds (the sensitivity grid of regimes.json)."""
+import math
+
 from utils.analysis.common import compare, seed_values, seeds_caption
 from utils.plots import pct
 from utils.document import Table
-from utils.three_regime import AXES, REGIMES
+from utils.three_regime import AXES, REGIMES, UNDECIDED, classify
 
 HEAT = {"epochs": "fewer dense epochs", "batch-size": "a smaller dense batch"}
 UNIT = {"epochs": "epochs", "batch-size": "batch"}
@@ -45,6 +48,69 @@ def _retrained(res, axis, temperature, density):
                        temperature=temperature, density=density)
 
 
+def _on_grid(row, thresholds):
+    """{(mc threshold, cka threshold): regime} of one cell over the sensitivity grid of
+    regimes.json, the thresholds in force first; recomputed from the row (with several seeds: from
+    the seeds' mean mc and cka), so that table and sentences agree."""
+    grid = thresholds.get("sensitivity") or {}
+    pairs = [(thresholds.get("mc_threshold"), thresholds.get("cka_threshold"))]
+    pairs += [(m, c) for m in grid.get("mc_thresholds", []) for c in grid.get("cka_thresholds", [])]
+    if None in pairs[0]:
+        return {}
+    cka = math.nan if row.get("cka") is None else row["cka"]
+    return {p: classify(row["mc"], cka, *p, row.get("mc_from") or "interior") for p in dict.fromkeys(pairs)}
+
+
+def _regime(row, thresholds):
+    """(regime at the thresholds in force, robust: a regime, the same at every grid point)."""
+    on_grid = _on_grid(row, thresholds)
+    if not on_grid:
+        return row.get("regime") or "", row.get("robust") == "yes"
+    regime = next(iter(on_grid.values()))
+    return regime, regime in REGIMES and set(on_grid.values()) == {regime}
+
+
+def _regime_label(row, thresholds):
+    regime, robust = _regime(row, thresholds)
+    return regime + ("" if robust or not regime else "*")
+
+
+def _regime_sentence(doc, rows, thresholds):
+    """Counts of the robust cells per regime; every other cell is counted as undecided."""
+    decided = [_regime(r, thresholds) for r in rows]
+    counts = {g: sum(reg == g and robust for reg, robust in decided) for g in REGIMES}
+    undecided = sum(not robust for _, robust in decided)
+    ties = sum(reg == UNDECIDED for reg, _ in decided)
+    endpoint = sum(r.get("mc_from") == "endpoint" for r in rows)
+    grid = thresholds.get("sensitivity") or {}
+    doc.p(f"Regimes at mc threshold {_f(thresholds.get('mc_threshold'), 3)} and cka threshold "
+          f"{_f(thresholds.get('cka_threshold'), 3)} (ours: the paper draws its lines by eye, so each cell is "
+          f"also classed at every mc threshold {', '.join(map(str, grid.get('mc_thresholds', [])))} and cka "
+          f"threshold {', '.join(map(str, grid.get('cka_thresholds', [])))}). Findings are the robust cells, "
+          "those in the same regime at every one of these thresholds: "
+          + ", ".join(f"{counts[g]} in {g}" for g in REGIMES)
+          + f"; {undecided} of {len(rows)} cell{'s' * (len(rows) != 1)} are undecided (marked *)"
+          + (f", {ties} of them because their mc comes from the endpoint tie and exceeds the threshold"
+             if ties else "")
+          + ". " + (f"In {endpoint} cell{'s' * (endpoint != 1)} mc comes from the endpoint tie (α* = 0 or 1): "
+                    "there |mc| = ½|E₁ − E₀| only measures how the two copies differ, and no interior "
+                    "point deviates more." if endpoint else "Every cell's mc comes from an interior point."))
+
+
+def _sensitivity_table(doc, axis, res, rows, thresholds):
+    grid = [k for k in _on_grid(rows[0], thresholds)] if rows else []
+    if not grid:
+        return
+    doc.table(Table(
+        f"three_regime_{axis}_sensitivity",
+        f"Sensitivity of the regimes ({axis}): each cell's regime at every pair of thresholds (mc / cka); "
+        "robust = the same regime at all of them; undecided = α* is an endpoint and |mc| exceeds the "
+        "threshold" + (" (from the seeds' mean mc and cka)" if res.multi_seed else ""),
+        [UNIT[axis], "density", *[f"{m:g} / {c:g}" for m, c in grid], "robust"],
+        [[f"{r['temperature']:g}", pct(r["density"]), *_on_grid(r, thresholds).values(),
+          "yes" if _regime(r, thresholds)[1] else "no"] for r in rows]))
+
+
 def section(doc, res):
     doc.h1("Three-regime model of pruning: temperature x load")
     doc.p("Zhou et al. (ICML 2023): each cell is the dense network at a temperature, every conv layer "
@@ -66,22 +132,20 @@ def section(doc, res):
             f"Three-regime grid ({axis}): test accuracy (%) of the dense net at that temperature, pruned "
             "(not retrained) and retrained (mean ± sd over copies); mc, barrier, cka (means over pairs)"
             + seeds_caption(res).replace("mean ± sd", "each cell the mean"),
-            [UNIT[axis], "density", "dense", "pruned", "retrained", "mc", "barrier", "cka", "regime"],
+            [UNIT[axis], "density", "dense", "pruned", "retrained", "mc", "α* at", "barrier", "cka", "regime"],
             [[f"{r['temperature']:g}", pct(r["density"]), _f(r["dense_acc"]), _f(r["pruned_acc"]),
               f"{_f(r['retrained_acc'])} ± {_f(r.get('retrained_acc_std'))}", _f(r["mc"], 4),
-              _f(r["barrier"], 4), _f(r["cka"], 4), r.get("regime") or ""] for r in rows]))
+              r.get("mc_from") or "n/a", _f(r["barrier"], 4), _f(r["cka"], 4), _regime_label(r, thresholds)]
+             for r in rows]))
         doc.figure(f"three_regime_{axis}")
-        counts = {g: sum(r.get("regime") == g for r in rows) for g in REGIMES}
-        cka_t = thresholds.get("cka_threshold")
-        doc.p(f"Regimes, with mc threshold {thresholds.get('mc_threshold', 'n/a')} and cka threshold "
-              f"{'n/a' if cka_t is None else f'{cka_t:.4f}'} ({thresholds.get('cka_threshold_from', 'n/a')}): "
-              + ", ".join(f"{counts[g]} cell{'s' * (counts[g] != 1)} in {g}" for g in REGIMES) + ".")
+        _regime_sentence(doc, rows, thresholds)
+        _sensitivity_table(doc, axis, res, rows, thresholds)
 
         doc.h3("Which temperature is best at each density?")
         items = []
         for d, r in best_per_density(rows).items():
             text = (f"density {pct(d)}: {UNIT[axis]} {r['temperature']:g} (test error {error(r):.2f}%, "
-                    f"regime {r.get('regime') or 'n/a'})")
+                    f"regime {_regime_label(r, thresholds) or 'n/a'})")
             others = sorted((x for x in rows if x["density"] == d and x is not r), key=error)
             if others:  # the best against the runner-up, on accuracy (= minus the error)
                 nxt = others[0]["temperature"]

@@ -41,6 +41,7 @@ def matrices(rows):
     temps, dens, cell = grid(rows)
     out = {k: np.full((len(temps), len(dens)), np.nan) for k, _, _ in PANELS}
     regimes = np.full((len(temps), len(dens)), "", dtype=object)
+    robust = np.zeros((len(temps), len(dens)), dtype=bool)
     for i, t in enumerate(temps):
         for j, d in enumerate(dens):
             r = cell.get((t, d))
@@ -50,21 +51,22 @@ def matrices(rows):
             for k in ("mc", "barrier", "cka"):
                 out[k][i, j] = np.nan if r.get(k) is None else r[k]
             regimes[i, j] = r.get("regime") or ""
+            robust[i, j] = r.get("robust") == "yes"
     with np.errstate(all="ignore"):
         best = np.nanmin(out["error"], axis=0, keepdims=True) if len(temps) else 0
     out["error_gap"] = out["error"] - best
-    return temps, dens, out, regimes
+    return temps, dens, out, regimes, robust
 
 
 def boundaries(regimes):
     """Cell edges where the regime changes: [((x0, x1), (y0, y1), style)], in imshow coordinates
     (cell (i, j) spans x j−½…j+½, y i−½…i+½); 'solid' between I and II, 'dashed' between II-A
-    and II-B."""
+    and II-B; none beside an undecided cell."""
     segments = []
     n_t, n_d = regimes.shape
 
     def kind(a, b):
-        if not a or not b or a == b:
+        if a not in REGIMES or b not in REGIMES or a == b:
             return None
         return "solid" if "I" in (a, b) else "dashed"
     for i in range(n_t):
@@ -90,7 +92,7 @@ def three_regime_figure(axis):
         rows = summary_rows(res, axis)
         if not rows:
             return None
-        temps, dens, mats, regimes = matrices(rows)
+        temps, dens, mats, regimes, robust = matrices(rows)
         _, _, cell = grid(rows)
         # several seeds: the error cells also say ± the seed-to-seed sd of the retrained accuracy
         sds = [[sd_of(cell.get((t, d)) or {}, "retrained_acc") for d in dens] for t in temps]
@@ -120,10 +122,11 @@ def three_regime_figure(axis):
         coded = np.array([[codes.get(r, np.nan) for r in row] for row in regimes], dtype=float)
         ax.imshow(coded, origin="upper", cmap=matplotlib.colors.ListedColormap(
             ["#d62728", "#ff9f1c", "#2ca02c"]), vmin=-0.5, vmax=2.5, aspect="auto")
-        for (i, j), r in np.ndenumerate(regimes):
-            ax.text(j, i, r, ha="center", va="center", fontsize=9, color="black")
+        for (i, j), r in np.ndenumerate(regimes):  # * : the regime changes within the sensitivity grid
+            label = "?" if r == "undecided" else r + ("" if robust[i, j] or not r else "*")
+            ax.text(j, i, label, ha="center", va="center", fontsize=9, color="black")
         ax.set_title(f"regime (I: mc < -{thresholds.get('mc_threshold', '?')}; II-B: cka >= "
-                     f"{_fmt(thresholds.get('cka_threshold'))})", fontsize=10)
+                     f"{_fmt(thresholds.get('cka_threshold'))}; *: not robust, ?: endpoint tie)", fontsize=10)
         _decorate(ax, temps, dens, regimes, axis)
         ax.plot([], [], color="black", lw=2.2, label="Regime I | II")
         ax.plot([], [], color="black", lw=2.2, ls="--", label="Regime II-A | II-B")
