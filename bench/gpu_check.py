@@ -14,8 +14,8 @@ time limit still leaves every figure so far:
               0-3) through run_all.py --jobs 1, then --jobs 4, on the one GPU
   smoke       the smoke pipeline's CUDA test (run_all.py --preset smoke --device cuda), timed
 
-Each step gets at most its share of --budget (default 460 s, so the whole check ends inside 8
-minutes); a step left without time is reported "not run". Writes summary.md, summary.json,
+Each step gets at most its share of --budget (default 440 s, so the whole check, wheels and
+start-up included, ends inside 8 minutes); a step left without time is reported "not run". Writes summary.md, summary.json,
 check.log and throughput.json to --out (default: $OUT if set, else results/gpu_check).
 """
 import argparse
@@ -345,7 +345,7 @@ def step_smoke(check):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps")
-    parser.add_argument("--budget", type=float, default=460, help="seconds for all steps together")
+    parser.add_argument("--budget", type=float, default=440, help="seconds for all steps together")
     parser.add_argument("--data", default=str(REPO / ".gpu_data"), help="folder holding cifar10/ and mnist/")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "results" / "gpu_check"),
                         help="where the summary goes (default: $OUT, else results/gpu_check)")
