@@ -18,7 +18,6 @@ Each step gets at most its share of --budget (default 440 s, so the whole check,
 start-up included, ends inside 8 minutes); a step left without time is reported "not run". Writes summary.md, summary.json,
 check.log and throughput.json to --out (default: $OUT if set, else results/gpu_check).
 """
-import argparse
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from utils.config import make_parser  # noqa: E402
 from utils.errors import UserError, cli_main  # noqa: E402
 from utils.io import save_json, save_text  # noqa: E402
 from utils.noise import compare  # noqa: E402
@@ -337,13 +337,13 @@ def step_smoke(check):
     call = next(iter(results["call_seconds"].values()), None)
     check.figure("smoke", "smoke pipeline on CUDA, s (run_all.py --preset smoke --device cuda, one seed)",
                  f"{call:.0f}" if call is not None else f"over {t:.0f} (did not finish)",
-                 "python run_all.py --preset smoke --device cuda --data-dir .gpu_data/cifar10 "
-                 "--mnist-dir .gpu_data/mnist --no-download")
+                 f"python run_all.py --preset smoke --device cuda --data-dir {check.data / 'cifar10'} "
+                 f"--mnist-dir {check.data / 'mnist'} --no-download")
 
 
 @cli_main
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__.splitlines()[0], prog="bench/gpu_check.py")
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS), help="run only these steps")
     parser.add_argument("--budget", type=float, default=440, help="seconds for all steps together")
     parser.add_argument("--data", default=str(REPO / ".gpu_data"), help="folder holding cifar10/ and mnist/")
