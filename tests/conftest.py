@@ -76,3 +76,22 @@ def masked_model(model, keep):
         block.bn1.weight[drop] = 0
         block.bn1.bias[drop] = 0
     return out.eval()
+
+
+def no_gpu_reason():
+    """Why the tests marked `cuda` are skipped here; None where PyTorch sees a CUDA GPU."""
+    if torch.cuda.is_available():
+        return None
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+    return (f"needs a CUDA GPU: PyTorch {torch.__version__} ({build}) sees none; run "
+            "python -m pytest -m cuda on a machine with one")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped with the reason where there is no GPU (never errors)."""
+    reason = no_gpu_reason()
+    if reason is None:
+        return
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
