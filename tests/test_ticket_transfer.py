@@ -486,9 +486,14 @@ def test_report_section_numbers(transfer_run, tmp_path):
     mean = sum(get[("imp", "digits5to9", r)] - get[("imp", "digits0to4", r)] for r in (1, 2)) / 2
     text = "\n".join(b for kind, x in doc.blocks if kind == "bullets" for b in x)
     # one seed: differences reported with "one seed", no verdict word (utils/noise.py)
-    assert f"Transferred - own, averaged over rounds 1-2: Δ = {mean:+.2f} points, one seed" in text
+    kept = {int(r["round"]): 100 * float(r["density"]) for r in rows
+            if (r["experiment"], r["trained_on"], r["ticket"]) == ("labels", "digits0to4", "imp")}
+    # every transfer sentence names the sparsity, and compares tickets at the same round
+    assert (f"Transferred - own (both at the same round, so the same sparsity), averaged over rounds 1-2 "
+            f"({kept[1]:.3g}%-{kept[2]:.3g}% of the weights remaining): Δ = {mean:+.2f} points, one seed" in text)
     vs_random = [get[("imp", "digits5to9", r)] - get[("random", "digits0to4", r)] for r in (1, 2)]
-    assert (f"per round: Δ = {vs_random[0]:+.2f} at round 1, {vs_random[1]:+.2f} at round 2 (points, one seed"
+    assert (f"per round: Δ = {vs_random[0]:+.2f} at round 1 ({kept[1]:.3g}%), {vs_random[1]:+.2f} at round 2 "
+            f"({kept[2]:.3g}%) (points, one seed"
             in text)
     # the whole pipeline: figures and report from the same results
     results = transfer_run["root"] / "results"
