@@ -129,6 +129,13 @@ def combined(verdicts):
     return WITHIN_NOISE
 
 
+def within_says(c, margin=MATCH_POINTS):
+    """A `threshold` comparison in words: 'within 1 point (Δ = ...)', 'more than 1 point below
+    (Δ = ...)', or the rule's 'within noise' / one-seed difference."""
+    return c.says(f"within {margin:g} point", f"more than {margin:g} point below", f"within noise of the "
+                  f"{margin:g}-point margin")
+
+
 def not_run(claim, source, command):
     """The row of a claim whose input this results folder lacks."""
     return Claim(claim, source, f"not run ({command})", NOT_TESTABLE)
@@ -139,7 +146,7 @@ def verdict_table(doc, task, claims):
     the table ('verdict_<task>'); `claims` is a list of `Claim`."""
     doc.h2("Verdict against the paper")
     doc.table(Table(f"verdict_{task}", "Each claim of the paper or reference text this section reproduces, what "
-                    "this run measured, and the verdict by the report's noise rule (reproduced, not reproduced, "
-                    "within noise, or not testable at this scale: one seed, or not run)",
+                    "this run measured, and the verdict the report's noise rule gives (one seed, or a claim this "
+                    "run does not reach, is not testable at this scale)",
                     ["claim", "source", "measured here", "verdict"],
                     [[c.claim, c.source, c.measured, c.verdict] for c in claims]))

@@ -3,7 +3,7 @@ detector pick? Every comparison pairs the numbers by seed and follows the report
 (utils/noise.py); the best epoch is the one with the highest mean."""
 from utils.analysis.common import (MATCH_POINTS, NOT_REPRODUCED, NOT_TESTABLE, Claim, acc, acc_sd, combined, compare,
                                    listing, missing, not_run, pct, seed_values, seeds_caption, threshold, verdict_of,
-                                   verdict_table)
+                                   verdict_table, within_says)
 from utils.document import Table
 
 
@@ -147,7 +147,7 @@ def claims(res):
     for ratio in sorted({r["ratio"] for r in rows}):
         epochs = sorted({r["ticket_epoch"] for r in rows if r["ratio"] == ratio})
         c = threshold(_retrained(res, ratio, epochs[0]), _retrained(res, ratio, epochs[-1]), MATCH_POINTS)
-        parts.append(f"{pct(ratio)}: epoch {int(epochs[0])} vs {int(epochs[-1])} {c.says()}")
+        parts.append(f"{pct(ratio)}: epoch {int(epochs[0])} vs {int(epochs[-1])}: {within_says(c)}")
         verdicts.append(verdict_of(c))
     out = [Claim(early, sources[0], "; ".join(parts), combined(verdicts))]
     keys = sorted(((res.detection or {}).get("ratios") or {}), key=float)
@@ -167,6 +167,6 @@ def claims(res):
                 for i, e in enumerate(found)]
         c = threshold(near, _retrained(res, float(k), best), MATCH_POINTS)
         parts.append(f"{pct(float(k))}: fired at epoch {', '.join('none' if e is None else str(e) for e in found)}; "
-                     f"nearest drawn ticket vs the best (epoch {int(best)}): {c.says()}")
+                     f"nearest drawn ticket vs the best (epoch {int(best)}): {within_says(c)}")
         verdicts.append(verdict_of(c))
     return out + [Claim(detect, sources[1], "; ".join(parts), combined(verdicts))]

@@ -3,7 +3,7 @@ results/earlycrop/{summary.csv,detection.json} when the report is made. Every ac
 comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
 from utils.plots.earlycrop import LABELS, summary_rows
 from utils.analysis.common import (MATCH_POINTS, Claim, acc_sd, acc, combined, compare, not_run, same, seeds_caption,
-                                   threshold, verdict_of, verdict_table)
+                                   threshold, verdict_of, verdict_table, within_says)
 from utils.document import Table
 
 COMMAND = "python earlycrop.py"
@@ -142,7 +142,7 @@ def claims(res):
                    not_run(beats, TABLE, f"{COMMAND} with {init} among the methods"))
         if any(r["method"] == "dense" for r in rows):
             per = [(s, threshold(_acc(res, early, s), _acc(res, "dense"), MATCH_POINTS)) for s in sparsities]
-            out.append(Claim(close, TABLE, "; ".join(f"{s:.0%}: vs dense {c.says()}" for s, c in per),
+            out.append(Claim(close, TABLE, "; ".join(f"{s:.0%}: vs dense {within_says(c)}" for s, c in per),
                              combined(verdict_of(c) for _, c in per)))
         else:
             out.append(not_run(close, TABLE, f"{COMMAND} with the dense run"))

@@ -2,7 +2,7 @@
 and how do Task 2's fine-tuned networks compare with Task 3's rewound tickets? Every comparison
 pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
 from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, compare, listing, missing, not_run, pct, same,
-                                   seed_values, seeds_caption, threshold, verdict_of, verdict_table)
+                                   seed_values, seeds_caption, threshold, verdict_of, verdict_table, within_says)
 from utils.document import Table
 
 METHOD_ORDER = ["oneshot", "imp", "reinit", "random"]
@@ -161,7 +161,7 @@ def claims(res):
     if ticket_sparsities:
         s = ticket_sparsities[0]
         c = threshold(best(TICKETS, s), dense, MATCH_POINTS)
-        out.append(Claim(match, sources[0], f"at {pct(s)}, the better ticket vs the original: {c.says()}", verdict_of(c)))
+        out.append(Claim(match, sources[0], f"at {pct(s)}, the better ticket vs the original: {within_says(c)}", verdict_of(c)))
     else:
         out.append(not_run(match, sources[0], "python lottery_imp.py --methods oneshot imp"))
     with_control = [s for s in ticket_sparsities if any(_at(rows, m, s) is not None for m in CONTROLS)]

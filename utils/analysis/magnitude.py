@@ -8,7 +8,7 @@ seed and follows the report's noise rule (utils/noise.py).
 """
 from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, arch_label, combined, compare, listing, missing,
                                    not_run, pct, seed_values, seeds_caption, signed, threshold, verdict_of,
-                                   verdict_table)
+                                   verdict_table, within_says)
 from utils.document import Table
 
 
@@ -111,8 +111,8 @@ def claims(res):
     dense, cut, back = values("dense_acc"), values("pruned_acc"), values("retrained_acc")
     kept = threshold(back, dense, MATCH_POINTS)
     lost, recovered = threshold(cut, dense, MATCH_POINTS), compare(back, cut)
-    return [Claim(keep, f"{HAN}, Table 1", f"at {pct(s)} sparsity, retrained vs original: {kept.says()}",
+    return [Claim(keep, f"{HAN}, Table 1", f"at {pct(s)} sparsity, retrained vs original: {within_says(kept)}",
                   verdict_of(kept)),
             Claim(need, f"{HAN}, Figure 5",
-                  f"at {pct(s)}: pruned vs original {lost.says()}; retrained vs pruned {recovered.says()}",
+                  f"at {pct(s)}: pruned vs original {within_says(lost)}; retrained vs pruned {recovered.says()}",
                   combined([verdict_of(lost, "down"), verdict_of(recovered)]))]

@@ -176,6 +176,10 @@ def _collapsed(rows):
     return any(str(r.get("collapsed_layers") or "").strip() not in ("", "[]", "0", "none", "None") for r in rows)
 
 
+def _n(sparsities):
+    return f"{len(sparsities)} sparsit{'y' if len(sparsities) == 1 else 'ies'}"
+
+
 def claims(res):
     """Frankle et al. 2021's claims as the reproduction report states them: every score beats
     random pruning; shuffling and re-initialising keep the accuracy (within POINTS); inverting
@@ -198,7 +202,7 @@ def claims(res):
         common = _common(rows, m, "random")
         if common:
             c = compare(_seed_means(res, m, "original", common), _seed_means(res, "random", "original", common))
-            parts.append(f"{METHOD_NAMES[m]} vs random, mean over {len(common)} sparsities: {c.says('ahead', 'behind')}")
+            parts.append(f"{METHOD_NAMES[m]} vs random, mean over {_n(common)}: {c.says('ahead', 'behind')}")
             verdicts.append(verdict_of(c))
     out.append(Claim(beats, f"{REPRO}, Section 2.5", "; ".join(parts), combined(verdicts)) if parts else
                not_run(beats, f"{REPRO}, Section 2.5", "python prune_at_init.py --methods random"))
@@ -211,7 +215,7 @@ def claims(res):
             per = [threshold(_seed_values(res, m, ablation, x), _seed_values(res, m, "original", x), POINTS)
                    for x in common]
             mean = compare(_seed_means(res, m, ablation, common), _seed_means(res, m, "original", common))
-            parts.append(f"{METHOD_NAMES[m]}: {mean.says()} (mean over {len(common)} sparsities)")
+            parts.append(f"{METHOD_NAMES[m]}: {mean.says()} (mean over {_n(common)})")
             verdicts.append(combined(verdict_of(c) for c in per))
         out.append(Claim(keeps[ablation], f"{REPRO}, Section 5", "; ".join(parts), combined(verdicts)) if parts else
                    not_run(keeps[ablation], f"{REPRO}, Section 5", f"python prune_at_init.py --ablations {ablation}"))
@@ -229,7 +233,7 @@ def claims(res):
                              "of the score", NOT_TESTABLE))
             continue
         out.append(Claim(claim, f"{REPRO}, Sections 2.2 and 5",
-                         f"inverted vs original, mean over {len(common)} sparsities: {mean.says()}",
+                         f"inverted vs original, mean over {_n(common)}: {mean.says()}",
                          combined(verdict_of(c, "down" if hurts else "up") for c in per)))
     parts, verdicts = [], []
     for r in res.magnitude:

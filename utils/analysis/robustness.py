@@ -1,7 +1,7 @@
 """Bonus: are pruned networks more robust, and what does adversarial training add? Every
 comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
 from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, combined, compare, listing, not_run, pct, same,
-                                   seeds_caption, threshold, verdict_of, verdict_table)
+                                   seeds_caption, threshold, verdict_of, verdict_table, within_says)
 from utils.document import Table
 from utils.replicates import SUMMARY_KEYS
 
@@ -95,7 +95,8 @@ def claims(res):
         else:
             c = threshold(_values(res, r, "pgd_acc"), _values(res, dense, "pgd_acc"), MATCH_POINTS)
             verdicts[training].append(verdict_of(c))
-        parts[training].append(f"{r['model']} ({r.get('arch')}) vs dense: {c.says()}")
+        said = c.says("more robust", "less robust") if training == "natural" else within_says(c)
+        parts[training].append(f"{r['model']} ({r.get('arch')}) vs dense: {said}")
     out = []
     for training, claim, source in (("natural", robust, sources[0]), ("pgd", keeps, sources[1])):
         if parts[training]:

@@ -3,7 +3,7 @@ import os
 import platform
 
 from utils.analysis.common import (MATCH_POINTS, NOT_TESTABLE, Claim, acc, acc_sd, arch_label, hms, not_run, threshold,
-                                   verdict_of, verdict_table)
+                                   verdict_of, verdict_table, within_says)
 from utils.document import Table
 from utils.noise import seed_note
 from utils.plots.common import read_csv
@@ -113,7 +113,7 @@ def claims(res):
     epochs = dense.get("epochs") or 0
     measured = (f"{acc(dense.get('test_acc'))}% ({cfg.get('arch', '?')}, {epochs:g} epochs, "
                 f"{'all' if not cfg.get('train_subset') else cfg['train_subset']} training images); "
-                f"against {HE_ACC:g}%: {at.says()}")
+                f"against {HE_ACC:g}%: {within_says(at)}")
     full = cfg.get("arch", "resnet20") == "resnet20" and not cfg.get("train_subset") and \
         epochs >= HE_EPOCHS
     return [Claim(claim, source, measured if full else measured + f"; fewer than {HE_EPOCHS} epochs or a subset",
