@@ -544,3 +544,54 @@ def test_download_is_md5_checked_and_atomic(tmp_path, monkeypatch):
     assert served.count("t10k-labels-idx1-ubyte.gz") == 2 and len(served) == 5  # only the missing one again
     assert torch.equal(test.labels, torch.from_numpy(made["t10k"][1].astype(np.int64)))
     assert len(train) == 5
+
+
+def test_label_split_at_the_reports_sparsity(tmp_path, mnist_dir):
+    """--experiments labels --rounds 15 (the report's schedule, on a small subset): a row per round
+    and side for the own, transferred and random tickets; the figure's label-split panels plot them
+    against % of weights remaining; the report compares the sides at round 15 and names its sparsity."""
+    from utils.analysis.ticket_transfer import claims, section
+    from utils.document import Doc
+    from utils.plots import Results
+    from utils.plots.ticket_transfer import fig_transfer
+
+    run_script("ticket_transfer.py", "--data-dir", mnist_dir, "--no-download", "--device", "cpu", "--train-subset", 120,
+               "--test-subset", 60, "--epochs", 1, "--batch-size", 60, "--experiments", "labels", "--rounds", 15,
+               "--checkpoint-dir", tmp_path / "checkpoints", "--results-dir", tmp_path / "results")
+    rows = load_csv(tmp_path / "results" / "ticket_transfer" / "summary.csv")
+    have = {(r["trained_on"], r["ticket"], r["mask_from"], int(r["round"])) for r in rows}
+    for side, other in (("digits0to4", "digits5to9"), ("digits5to9", "digits0to4")):
+        assert (side, "imp", side, 0) in have
+        for rnd in range(1, 16):
+            assert {(side, "imp", side, rnd), (side, "imp", other, rnd), (side, "random", side, rnd)} <= have
+    assert len(rows) == 2 * (16 + 15 + 15)
+    # round 15 at rate 0.35, output layer at 0.175: 784*300, 300*100 at 0.65^15, 100*5 at 0.825^15
+    kept = (round(784 * 300 * 0.65 ** 15) + round(300 * 100 * 0.65 ** 15) + round(500 * 0.825 ** 15)) / 265700
+    last = [r for r in rows if int(r["round"]) == 15]
+    assert all(float(r["density"]) == pytest.approx(kept, abs=1e-9) for r in last)
+
+    res = Results(tmp_path / "results")
+    fig = fig_transfer(res)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title().startswith("labels")}
+    ax = panels["labels / lenet300: trained on digits5to9, masks from digits5to9 and digits0to4"]
+    assert ax.get_xlabel() == "% of weights remaining (log)" and ax.get_xscale() == "log"
+    moved = sorted((r for r in rows if (r["trained_on"], r["mask_from"], r["ticket"]) ==
+                    ("digits5to9", "digits0to4", "imp")), key=lambda r: int(r["round"]))
+    line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("transferred"))
+    assert list(line.get_xdata())[1:] == pytest.approx([100 * float(r["density"]) for r in moved], abs=1e-6)
+    assert list(line.get_ydata())[1:] == pytest.approx([float(r["final_acc"]) for r in moved], abs=1e-4)
+    gap = panels["labels / lenet300: transferred - own at the same round"]
+    own = {int(r["round"]): float(r["final_acc"]) for r in rows
+           if (r["trained_on"], r["mask_from"], r["ticket"]) == ("digits5to9", "digits5to9", "imp")}
+    line = next(ln for ln in gap.get_lines() if ln.get_label().startswith("trained on digits5to9"))
+    assert list(line.get_ydata()) == pytest.approx([float(r["final_acc"]) - own[int(r["round"])] for r in moved],
+                                                   abs=1e-4)
+
+    doc = Doc()
+    section(doc, res)
+    text = "\n".join(x for kind, x in doc.blocks if kind == "p")
+    assert f"Both sides at the same round, 15 ({100 * kept:.3g}% of the weights remaining), lenet300:" in text
+    labels = next(c for c in claims(res) if c.claim.startswith("The digits 0-4 ticket"))
+    assert f"round 15 ({100 * kept:.3g}% of the weights remaining)" in labels.measured
+    assert labels.verdict == "not testable at this scale"  # one seed
+    assert doc.tables["verdict_ticket_transfer"].rows
