@@ -449,8 +449,10 @@ def test_figures_plot_the_summary(transfer_run):
 
     fig = fig_transfer(res)
     titled = {ax.get_title().split(":")[0] + ":" + ax.get_title().split("trained on ")[1].split(",")[0]: ax
-              for ax in fig.axes if ax.get_title()}
+              for ax in fig.axes if "trained on " in ax.get_title()}
     assert len(titled) == 6
+    gaps = [ax for ax in fig.axes if ax.get_title().endswith("transferred - own at the same round")]
+    assert len(gaps) == 3  # one per transfer experiment
     ax = titled["data / lenet300:half2"]
     moved = pick("data", "lenet300", "imp", "half1", "half2")
     dense = pick("data", "lenet300", "imp", "half2", "half2")[0]
