@@ -117,7 +117,7 @@ def test_one_seed_reports_the_difference_and_names_the_noise_scale(disagree):
 # claim's direction -> reproduced; two seeds of opposite sign -> within noise; one seed -> not
 # testable at this scale; a claim at a round or sparsity the run does not reach -> not testable.
 
-VERDICT_TABLES = ["verdict_dense", "verdict_magnitude", "verdict_lottery", "verdict_early_bird", "verdict_robustness",
+VERDICT_TABLES = ["verdict_dense", "verdict_papers", "verdict_magnitude", "verdict_lottery", "verdict_early_bird", "verdict_robustness",
                   "verdict_prune_at_init", "verdict_earlycrop", "verdict_ticket_transfer"]
 
 
@@ -213,6 +213,9 @@ def test_seeds_agreeing_in_the_claims_direction_reproduce_it(two_seeds):
     assert find_claim(t["verdict_earlycrop"], "EarlyCroP-S (pruned early") == "not testable at this scale"
     assert find_claim(t["verdict_ticket_transfer"], "A ticket from one data half") == "reproduced"
     assert find_claim(t["verdict_ticket_transfer"], "The digits 0-4 ticket") == "reproduced"
+    # Task 1's table gathers the summarised papers' claims with the verdicts their sections give
+    for name in ("verdict_lottery", "verdict_early_bird", "verdict_magnitude"):
+        assert t[name].items() <= t["verdict_papers"].items()
     # 4 epochs on the hand-made dense run: He et al.'s number needs the full schedule
     assert find_claim(t["verdict_dense"], "ResNet-20 reaches 91.25%") == "not testable at this scale"
 
