@@ -47,6 +47,16 @@ def _seed_means(res, method, ablation, sparsities):
     return res.per_seed(one)
 
 
+def _against_original(res, rows, method, ablation):
+    """(the sparsities both ran, per sparsity `threshold` of ablation vs original against POINTS,
+    `compare` of their per-seed means over those sparsities) for `method`."""
+    common = _common(rows, method, method, ablation=ablation)
+    per = [threshold(_seed_values(res, method, ablation, x), _seed_values(res, method, "original", x), POINTS)
+           for x in common]
+    mean = compare(_seed_means(res, method, ablation, common), _seed_means(res, method, "original", common))
+    return common, per, mean
+
+
 def _common(rows, method, other_method, ablation="original", other_ablation="original"):
     """The sparsities both (method, ablation) and (other_method, other_ablation) were run at."""
     a, b = _by_sparsity(rows, method, ablation), _by_sparsity(rows, other_method, other_ablation)
@@ -139,12 +149,9 @@ def _results(doc, res):
     for m in (m for m in methods if m != "random"):
         parts = []
         for ablation, verb in (("shuffle", "keeps"), ("reinit", "keeps"), ("invert", "lowers")):
-            common = _common(rows, m, m, ablation=ablation)
+            common, per, mean = _against_original(res, rows, m, ablation)
             if not common:
                 continue
-            per = [threshold(_seed_values(res, m, ablation, x), _seed_values(res, m, "original", x), POINTS)
-                   for x in common]
-            mean = compare(_seed_means(res, m, ablation, common), _seed_means(res, m, "original", common))
             if not res.multi_seed:
                 word = "changes"  # one seed: the difference only, no verdict
             elif verb == "keeps":
@@ -209,25 +216,20 @@ def claims(res):
     for ablation in ("shuffle", "reinit"):
         parts, verdicts = [], []
         for m in methods:
-            common = _common(rows, m, m, ablation=ablation)
+            common, per, mean = _against_original(res, rows, m, ablation)
             if not common:
                 continue
-            per = [threshold(_seed_values(res, m, ablation, x), _seed_values(res, m, "original", x), POINTS)
-                   for x in common]
-            mean = compare(_seed_means(res, m, ablation, common), _seed_means(res, m, "original", common))
             parts.append(f"{METHOD_NAMES[m]}: {mean.says()} (mean over {_n(common)})")
             verdicts.append(combined(verdict_of(c) for c in per))
         out.append(Claim(keeps[ablation], f"{REPRO}, Section 5", "; ".join(parts), combined(verdicts)) if parts else
                    not_run(keeps[ablation], f"{REPRO}, Section 5", f"python prune_at_init.py --ablations {ablation}"))
     for m in methods:
-        common = _common(rows, m, m, ablation="invert")
+        common, per, mean = _against_original(res, rows, m, "invert")
         if not common:
             continue
         hurts = INVERT_HURTS.get(m, True)
         claim = (f"Inverting {METHOD_NAMES[m]}'s scores " + ("lowers the accuracy (by more than " if hurts else
                  "does not lower the accuracy (within ") + f"{POINTS:g} point here)")
-        per = [threshold(_seed_values(res, m, "invert", x), _seed_values(res, m, "original", x), POINTS) for x in common]
-        mean = compare(_seed_means(res, m, "invert", common), _seed_means(res, m, "original", common))
         if _collapsed(select(rows, m, "invert")):
             out.append(Claim(claim, f"{REPRO}, Sections 2.2 and 5", "layer collapse (a layer left empty): not a test "
                              "of the score", NOT_TESTABLE))
