@@ -133,9 +133,9 @@ def write_more(root, gap, label_rounds=15):
     save_csv([{"method": m, "ablation": a, "sparsity": s, "final_acc": acc, "score_seconds": 0.1} for m, a, s, acc in pai],
              root / "prune_at_init" / "summary.csv", ["method", "ablation", "sparsity", "final_acc", "score_seconds"])
     crop = [("dense", None, 0.0, 91.0), ("crop_u", False, 0.95, 88.0), ("earlycrop_u", False, 0.95, 90.5 + gap)]
-    save_csv([{"method": m, "structured": st, "sparsity": s, "test_acc": acc, "train_seconds": 100.0}
+    save_csv([{"method": m, "structured": st, "sparsity": s, "weight_sparsity": s, "test_acc": acc, "train_seconds": 100.0}
               for m, st, s, acc in crop], root / "earlycrop" / "summary.csv",
-             ["method", "structured", "sparsity", "test_acc", "train_seconds"])
+             ["method", "structured", "sparsity", "weight_sparsity", "test_acc", "train_seconds"])
     rows = []
     for experiment, sides, rounds, moved in (("data", ("half1", "half2"), 5, lambda r: gap),
                                              ("labels", ("digits0to4", "digits5to9"), label_rounds,
