@@ -5,7 +5,7 @@ import pytest
 
 from utils.analysis import build_doc
 from utils.document import to_markdown
-from utils.io import save_csv, save_json
+from utils.io import load_csv, save_csv, save_json
 from utils.noise import ONE_SEED, RULE
 from utils.plots import Results
 
@@ -109,3 +109,146 @@ def test_one_seed_reports_the_difference_and_names_the_noise_scale(disagree):
     assert "(seed 0)" in md and "| 50% | 90.00 | 80.00 | 92.00 |" in md  # no ± for one seed
     for verdict in ("within noise", "beats it at", "ahead (", "higher (", "is seen at"):
         assert verdict not in md
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict table that ends every task section (utils/analysis/common.verdict_table), on
+# hand-made trees whose verdicts follow from the rule: two seeds agreeing by a wide margin in the
+# claim's direction -> reproduced; two seeds of opposite sign -> within noise; one seed -> not
+# testable at this scale; a claim at a round or sparsity the run does not reach -> not testable.
+
+VERDICT_TABLES = ["verdict_dense", "verdict_papers", "verdict_magnitude", "verdict_lottery", "verdict_early_bird", "verdict_robustness",
+                  "verdict_prune_at_init", "verdict_earlycrop", "verdict_ticket_transfer"]
+
+
+def write_more(root, gap, label_rounds=15):
+    """The other tasks' summaries of one seed, each claim's measured difference `gap` points
+    (the ticket-transfer label split: 20 + gap points below the own ticket at the last round)."""
+    save_csv([{"model": m, "arch": "resnet20", "training": t, "sparsity": s, "clean_acc": 80.0, "fgsm_acc": 30.0,
+               "pgd_acc": base + (gap if s else 0.0)}
+              for t, base in (("natural", 5.0), ("pgd", 45.0)) for m, s in (("dense", 0.0), ("magnitude/sparsity_50", 0.5))],
+             root / "robustness" / "summary.csv", ["model", "arch", "training", "sparsity", "clean_acc", "fgsm_acc", "pgd_acc"])
+    pai = [("none", "original", 0.0, 90.0), ("random", "original", 0.9, 80.0 - gap), ("snip", "original", 0.9, 80.0),
+           ("snip", "shuffle", 0.9, 80.0 + gap), ("snip", "invert", 0.9, 80.0 - 2 * gap)]
+    save_csv([{"method": m, "ablation": a, "sparsity": s, "final_acc": acc, "score_seconds": 0.1} for m, a, s, acc in pai],
+             root / "prune_at_init" / "summary.csv", ["method", "ablation", "sparsity", "final_acc", "score_seconds"])
+    crop = [("dense", None, 0.0, 91.0), ("crop_u", False, 0.95, 88.0), ("earlycrop_u", False, 0.95, 90.5 + gap)]
+    save_csv([{"method": m, "structured": st, "sparsity": s, "weight_sparsity": s, "test_acc": acc, "train_seconds": 100.0}
+              for m, st, s, acc in crop], root / "earlycrop" / "summary.csv",
+             ["method", "structured", "sparsity", "weight_sparsity", "test_acc", "train_seconds"])
+    rows = []
+    for experiment, sides, rounds, moved in (("data", ("half1", "half2"), 5, lambda r: gap),
+                                             ("labels", ("digits0to4", "digits5to9"), label_rounds,
+                                              lambda r: -(20 + gap) if r == label_rounds else 0.0)):
+        for side, other in (sides, sides[::-1]):
+            for r in range(rounds + 1):
+                d = 0.65 ** r
+                rows.append([experiment, "lenet300", "imp", side, side, r, d, 90.0, 20.0, 90.0])
+                if r:
+                    rows.append([experiment, "lenet300", "imp", other, side, r, d, 90.0, 20.0, 90.0 + moved(r)])
+                    rows.append([experiment, "lenet300", "random", side, side, r, d, 90.0, 20.0, 85.0])
+    cols = ["experiment", "arch", "ticket", "mask_from", "trained_on", "round", "density", "dense_acc",
+            "ticket_acc", "final_acc"]
+    save_csv([dict(zip(cols, r)) for r in rows], root / "ticket_transfer" / "summary.csv", cols)
+
+
+def verdicts(root):
+    """{table name: {claim: verdict}} of every verdict table, and the tables' order per section."""
+    doc = build_doc(Results(root), root / "no_papers.md")
+    sections, current = [], []
+    for kind, x in doc.blocks:
+        if kind == "page":
+            sections.append(current)
+            current = []
+        elif kind == "table":
+            current.append(x.name)
+    sections.append(current)
+    tables = {name: {row[0]: row[3] for row in t.rows} for name, t in doc.tables.items() if name.startswith("verdict_")}
+    return tables, sections
+
+
+def find_claim(table, start):
+    hits = [v for claim, v in table.items() if claim.startswith(start)]
+    assert len(hits) == 1, (start, list(table))
+    return hits[0]
+
+
+@pytest.fixture()
+def two_seeds(tmp_path):
+    def make(gaps, **kw):
+        root = tmp_path / "_".join(map(str, gaps))
+        for seed, g in enumerate(gaps):
+            write_seed(root / f"seed_{seed}", gain=g, ctrl_gap=g, early_gap=g, seconds=2.0)
+            write_more(root / f"seed_{seed}", g, **kw)
+        return root
+    return make
+
+
+def test_every_task_section_ends_with_its_verdict_table(two_seeds):
+    tables, sections = verdicts(two_seeds((5.0, 5.4)))
+    assert sorted(tables) == sorted(VERDICT_TABLES)
+    for name in VERDICT_TABLES:  # each in its own section, as that section's last table
+        holding = [s for s in sections if name in s]
+        assert len(holding) == 1 and holding[0][-1] == name, (name, sections)
+        assert tables[name] and all(v in ("reproduced", "not reproduced", "within noise", "not testable at this scale")
+                                    for v in tables[name].values())
+
+
+def test_seeds_agreeing_in_the_claims_direction_reproduce_it(two_seeds):
+    t, _ = verdicts(two_seeds((5.0, 5.4)))
+    assert find_claim(t["verdict_magnitude"], "Magnitude pruning then retraining keeps") == "reproduced"
+    assert find_claim(t["verdict_magnitude"], "Pruning without retraining loses") == "reproduced"
+    assert find_claim(t["verdict_lottery"], "A ticket (the mask") == "reproduced"
+    assert find_claim(t["verdict_lottery"], "The same mask re-initialised") == "reproduced"
+    assert find_claim(t["verdict_lottery"], "Iterative pruning") == "not testable at this scale"  # no one-shot run
+    assert find_claim(t["verdict_early_bird"], "A ticket drawn early") == "reproduced"
+    assert find_claim(t["verdict_robustness"], "Pruned networks are more robust") == "reproduced"
+    assert find_claim(t["verdict_robustness"], "A pruned ticket trained adversarially") == "reproduced"
+    assert find_claim(t["verdict_prune_at_init"], "Each score") == "reproduced"
+    assert find_claim(t["verdict_prune_at_init"], "Shuffling") == "reproduced"
+    assert find_claim(t["verdict_prune_at_init"], "Inverting SNIP") == "reproduced"  # 10 and 10.8 points lower
+    assert find_claim(t["verdict_prune_at_init"], "Re-initialising") == "not testable at this scale"  # not run
+    assert find_claim(t["verdict_earlycrop"], "EarlyCroP-U (pruned early") == "reproduced"
+    assert find_claim(t["verdict_earlycrop"], "EarlyCroP-U stays close") == "reproduced"
+    assert find_claim(t["verdict_earlycrop"], "EarlyCroP-S (pruned early") == "not testable at this scale"
+    assert find_claim(t["verdict_ticket_transfer"], "A ticket from one data half") == "reproduced"
+    assert find_claim(t["verdict_ticket_transfer"], "The digits 0-4 ticket") == "reproduced"
+    # Task 1's table gathers the summarised papers' claims with the verdicts their sections give
+    for name in ("verdict_lottery", "verdict_early_bird", "verdict_magnitude"):
+        assert t[name].items() <= t["verdict_papers"].items()
+    # 4 epochs on the hand-made dense run: He et al.'s number needs the full schedule
+    assert find_claim(t["verdict_dense"], "ResNet-20 reaches 91.25%") == "not testable at this scale"
+
+
+def test_seeds_of_opposite_sign_are_within_noise(two_seeds):
+    t, _ = verdicts(two_seeds((2.0, -1.5)))
+    assert find_claim(t["verdict_magnitude"], "Magnitude pruning then retraining keeps") == "within noise"
+    assert find_claim(t["verdict_lottery"], "The same mask re-initialised") == "within noise"
+    assert find_claim(t["verdict_early_bird"], "A ticket drawn early") == "within noise"
+    assert find_claim(t["verdict_robustness"], "Pruned networks are more robust") == "within noise"
+    assert find_claim(t["verdict_prune_at_init"], "Shuffling") == "within noise"
+    assert find_claim(t["verdict_prune_at_init"], "Inverting SNIP") == "within noise"
+    assert find_claim(t["verdict_earlycrop"], "EarlyCroP-U stays close") == "within noise"
+    assert find_claim(t["verdict_ticket_transfer"], "A ticket from one data half") == "within noise"
+    # -22 and -18.5 points: called far below the 1-point margin whatever the spread
+    assert find_claim(t["verdict_ticket_transfer"], "The digits 0-4 ticket") == "reproduced"
+
+
+def test_one_seed_and_short_runs_are_not_testable(two_seeds):
+    root = two_seeds((5.0, 5.4))
+    t, _ = verdicts(root / "seed_0")
+    assert set(v for table in t.values() for v in table.values()) == {"not testable at this scale"}
+    # two seeds, but the label split stops at round 2 of the report's 15: not its sparsity
+    t, _ = verdicts(two_seeds((5.0, 5.4, 4.0), label_rounds=2))
+    assert find_claim(t["verdict_ticket_transfer"], "The digits 0-4 ticket") == "not testable at this scale"
+    assert find_claim(t["verdict_ticket_transfer"], "A ticket from one data half") == "reproduced"
+
+
+def test_a_collapsed_mask_is_not_a_test_of_the_score(two_seeds):
+    root = two_seeds((5.0, 5.4))
+    for seed in (0, 1):
+        path = root / f"seed_{seed}" / "prune_at_init" / "summary.csv"
+        rows = [dict(r, collapsed_layers="fc" if r["ablation"] == "invert" else "") for r in load_csv(path)]
+        save_csv(rows, path, list(rows[0]))
+    t, _ = verdicts(root)
+    assert find_claim(t["verdict_prune_at_init"], "Inverting SNIP") == "not testable at this scale"

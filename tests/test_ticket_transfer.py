@@ -449,8 +449,10 @@ def test_figures_plot_the_summary(transfer_run):
 
     fig = fig_transfer(res)
     titled = {ax.get_title().split(":")[0] + ":" + ax.get_title().split("trained on ")[1].split(",")[0]: ax
-              for ax in fig.axes if ax.get_title()}
+              for ax in fig.axes if "trained on " in ax.get_title()}
     assert len(titled) == 6
+    gaps = [ax for ax in fig.axes if ax.get_title().endswith("transferred - own at the same round")]
+    assert len(gaps) == 3  # one per transfer experiment
     ax = titled["data / lenet300:half2"]
     moved = pick("data", "lenet300", "imp", "half1", "half2")
     dense = pick("data", "lenet300", "imp", "half2", "half2")[0]
@@ -486,9 +488,14 @@ def test_report_section_numbers(transfer_run, tmp_path):
     mean = sum(get[("imp", "digits5to9", r)] - get[("imp", "digits0to4", r)] for r in (1, 2)) / 2
     text = "\n".join(b for kind, x in doc.blocks if kind == "bullets" for b in x)
     # one seed: differences reported with "one seed", no verdict word (utils/noise.py)
-    assert f"Transferred - own, averaged over rounds 1-2: Δ = {mean:+.2f} points, one seed" in text
+    kept = {int(r["round"]): 100 * float(r["density"]) for r in rows
+            if (r["experiment"], r["trained_on"], r["ticket"]) == ("labels", "digits0to4", "imp")}
+    # every transfer sentence names the sparsity, and compares tickets at the same round
+    assert (f"Transferred - own (both at the same round, so the same sparsity), averaged over rounds 1-2 "
+            f"({kept[1]:.3g}%-{kept[2]:.3g}% of the weights remaining): Δ = {mean:+.2f} points, one seed" in text)
     vs_random = [get[("imp", "digits5to9", r)] - get[("random", "digits0to4", r)] for r in (1, 2)]
-    assert (f"per round: Δ = {vs_random[0]:+.2f} at round 1, {vs_random[1]:+.2f} at round 2 (points, one seed"
+    assert (f"per round: Δ = {vs_random[0]:+.2f} at round 1 ({kept[1]:.3g}%), {vs_random[1]:+.2f} at round 2 "
+            f"({kept[2]:.3g}%) (points, one seed"
             in text)
     # the whole pipeline: figures and report from the same results
     results = transfer_run["root"] / "results"
@@ -539,3 +546,54 @@ def test_download_is_md5_checked_and_atomic(tmp_path, monkeypatch):
     assert served.count("t10k-labels-idx1-ubyte.gz") == 2 and len(served) == 5  # only the missing one again
     assert torch.equal(test.labels, torch.from_numpy(made["t10k"][1].astype(np.int64)))
     assert len(train) == 5
+
+
+def test_label_split_at_the_reports_sparsity(tmp_path, mnist_dir):
+    """--experiments labels --rounds 15 (the report's schedule, on a small subset): a row per round
+    and side for the own, transferred and random tickets; the figure's label-split panels plot them
+    against % of weights remaining; the report compares the sides at round 15 and names its sparsity."""
+    from utils.analysis.ticket_transfer import claims, section
+    from utils.document import Doc
+    from utils.plots import Results
+    from utils.plots.ticket_transfer import fig_transfer
+
+    run_script("ticket_transfer.py", "--data-dir", mnist_dir, "--no-download", "--device", "cpu", "--train-subset", 120,
+               "--test-subset", 60, "--epochs", 1, "--batch-size", 60, "--experiments", "labels", "--rounds", 15,
+               "--checkpoint-dir", tmp_path / "checkpoints", "--results-dir", tmp_path / "results")
+    rows = load_csv(tmp_path / "results" / "ticket_transfer" / "summary.csv")
+    have = {(r["trained_on"], r["ticket"], r["mask_from"], int(r["round"])) for r in rows}
+    for side, other in (("digits0to4", "digits5to9"), ("digits5to9", "digits0to4")):
+        assert (side, "imp", side, 0) in have
+        for rnd in range(1, 16):
+            assert {(side, "imp", side, rnd), (side, "imp", other, rnd), (side, "random", side, rnd)} <= have
+    assert len(rows) == 2 * (16 + 15 + 15)
+    # round 15 at rate 0.35, output layer at 0.175: 784*300, 300*100 at 0.65^15, 100*5 at 0.825^15
+    kept = (round(784 * 300 * 0.65 ** 15) + round(300 * 100 * 0.65 ** 15) + round(500 * 0.825 ** 15)) / 265700
+    last = [r for r in rows if int(r["round"]) == 15]
+    assert all(float(r["density"]) == pytest.approx(kept, abs=1e-9) for r in last)
+
+    res = Results(tmp_path / "results")
+    fig = fig_transfer(res)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title().startswith("labels")}
+    ax = panels["labels / lenet300: trained on digits5to9, masks from digits5to9 and digits0to4"]
+    assert ax.get_xlabel() == "% of weights remaining (log)" and ax.get_xscale() == "log"
+    moved = sorted((r for r in rows if (r["trained_on"], r["mask_from"], r["ticket"]) ==
+                    ("digits5to9", "digits0to4", "imp")), key=lambda r: int(r["round"]))
+    line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("transferred"))
+    assert list(line.get_xdata())[1:] == pytest.approx([100 * float(r["density"]) for r in moved], abs=1e-6)
+    assert list(line.get_ydata())[1:] == pytest.approx([float(r["final_acc"]) for r in moved], abs=1e-4)
+    gap = panels["labels / lenet300: transferred - own at the same round"]
+    own = {int(r["round"]): float(r["final_acc"]) for r in rows
+           if (r["trained_on"], r["mask_from"], r["ticket"]) == ("digits5to9", "digits5to9", "imp")}
+    line = next(ln for ln in gap.get_lines() if ln.get_label().startswith("trained on digits5to9"))
+    assert list(line.get_ydata()) == pytest.approx([float(r["final_acc"]) - own[int(r["round"])] for r in moved],
+                                                   abs=1e-4)
+
+    doc = Doc()
+    section(doc, res)
+    text = "\n".join(x for kind, x in doc.blocks if kind == "p")
+    assert f"Both sides at the same round, 15 ({100 * kept:.3g}% of the weights remaining), lenet300:" in text
+    labels = next(c for c in claims(res) if c.claim.startswith("The digits 0-4 ticket"))
+    assert f"round 15 ({100 * kept:.3g}% of the weights remaining)" in labels.measured
+    assert labels.verdict == "not testable at this scale"  # one seed
+    assert doc.tables["verdict_ticket_transfer"].rows

@@ -5,6 +5,9 @@ Every sentence that compares two numbers pairs them by seed and lets utils/noise
 (`compare`, `threshold`, `listing`): the values come from `res.per_seed(...)`, never from the
 difference of two means alone. Tables show means (with ± sd over seeds: `acc_sd`).
 """
+from dataclasses import dataclass
+
+from utils.document import Table
 from utils.noise import compare, listing, threshold  # noqa: F401  (re-exported for the sections)
 from utils.plots.common import arch_label, pct  # noqa: F401  (re-exported for the sections)
 from utils.replicates import sd_of
@@ -63,3 +66,87 @@ def hms(seconds):
 def missing(doc, path, command):
     """The line a section writes instead of numbers when its input file is missing."""
     doc.p(f"No results yet ({path}): run {command}.")
+
+
+# ---- The verdict against the paper (issue 22) -----------------------------------------------
+# Every task section ends with `verdict_table(doc, task, claims)`: one row per claim of the paper
+# (or reference text) the section reproduces. A claim names where a reader finds it (section,
+# table or figure); where the paper prints no number the claim is said qualitatively. The verdict
+# is decided by the report's noise rule (`verdict_of`), never typed in.
+
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+WITHIN_NOISE = "within noise"
+NOT_TESTABLE = "not testable at this scale"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, WITHIN_NOISE, NOT_TESTABLE)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of a verdict table.
+
+    claim: the paper's claim in one line (its number where it prints one, else qualitative);
+    source: where a reader finds it ("Frankle & Carbin 2019, Section 2, Figure 3");
+    measured: what this run measured (numbers with their Δ, or why nothing was measured);
+    verdict: one of VERDICTS, normally from `verdict_of` (or `combined`)."""
+
+    claim: str
+    source: str
+    measured: str
+    verdict: str
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict {self.verdict!r} is not one of {VERDICTS}")
+
+
+def verdict_of(c, expect="up"):
+    """The verdict on a claim that predicts the `Comparison` `c` (from `compare` or `threshold`)
+    is called `expect` ('up': above what it is tested against; 'down': below). Called that way:
+    reproduced; called the other way: not reproduced; two or more seeds but not called: within
+    noise; one seed, no seed with both values, or no comparison (None): not testable at this
+    scale (one seed gives no estimate of its own noise, utils/noise.py)."""
+    if expect not in ("up", "down"):
+        raise ValueError(f"expect is 'up' or 'down', got {expect!r}")
+    if c is None or c.n < 2:
+        return NOT_TESTABLE
+    if not c.called:
+        return WITHIN_NOISE
+    return REPRODUCED if (c.up if expect == "up" else c.down) else NOT_REPRODUCED
+
+
+def combined(verdicts):
+    """One verdict for a claim made at several points (every sparsity, both sides): not
+    reproduced if any point is; reproduced if every point is; not testable if every point is;
+    otherwise within noise."""
+    verdicts = list(verdicts)
+    if not verdicts or all(v == NOT_TESTABLE for v in verdicts):
+        return NOT_TESTABLE
+    if NOT_REPRODUCED in verdicts:
+        return NOT_REPRODUCED
+    if all(v == REPRODUCED for v in verdicts):
+        return REPRODUCED
+    return WITHIN_NOISE
+
+
+def within_says(c, margin=MATCH_POINTS):
+    """A `threshold` comparison in words: 'within 1 point (Δ = ...)', 'more than 1 point below
+    (Δ = ...)', or the rule's 'within noise' / one-seed difference."""
+    return c.says(f"within {margin:g} point", f"more than {margin:g} point below", f"within noise of the "
+                  f"{margin:g}-point margin")
+
+
+def not_run(claim, source, command):
+    """The row of a claim whose input this results folder lacks."""
+    return Claim(claim, source, f"not run ({command})", NOT_TESTABLE)
+
+
+def verdict_table(doc, task, claims):
+    """Append the section's closing table: claim (source), measured here, verdict. `task` names
+    the table ('verdict_<task>'); `claims` is a list of `Claim`."""
+    doc.h2("Verdict against the paper")
+    doc.table(Table(f"verdict_{task}", "Each claim of the paper or reference text this section reproduces, what "
+                    "this run measured, and the verdict the report's noise rule gives (one seed, or a claim this "
+                    "run does not reach, is not testable at this scale)",
+                    ["claim", "source", "measured here", "verdict"],
+                    [[c.claim, c.source, c.measured, c.verdict] for c in claims]))

@@ -1,7 +1,9 @@
 """Task 4: which Early-Bird ticket epoch is best, is early better than late, and what does the
 detector pick? Every comparison pairs the numbers by seed and follows the report's noise rule
 (utils/noise.py); the best epoch is the one with the highest mean."""
-from utils.analysis.common import acc, acc_sd, compare, listing, missing, pct, seed_values, seeds_caption
+from utils.analysis.common import (MATCH_POINTS, NOT_REPRODUCED, NOT_TESTABLE, Claim, acc, acc_sd, combined, compare,
+                                   listing, missing, not_run, pct, seed_values, seeds_caption, threshold, verdict_of,
+                                   verdict_table, within_says)
 from utils.document import Table
 
 
@@ -63,6 +65,7 @@ def section(doc, res):
                   "where early is not worse, pruning early is the better choice, since it also skips most of the "
                   "dense training.")
     detection_section(doc, res, rows)
+    verdict_table(doc, "early_bird", claims(res))
 
 
 def _detected(res, key):
@@ -124,3 +127,46 @@ def detection_section(doc, res, rows):
                      f"{compare(near_acc, best_acc).says()}")
         items.append(text + ".")
     doc.bullets(items)
+
+
+EB = "You et al. 2020"
+
+
+def claims(res):
+    """You et al.'s two claims: an early ticket retrains as well as a late one (within
+    MATCH_POINTS, every ratio), and the mask-distance detector picks a ticket that does."""
+    early = (f"A ticket drawn early in training retrains about as well as one drawn late, sometimes better "
+             f"(within {MATCH_POINTS:g} point here)")
+    detect = (f"The mask-distance detector (ε = 0.1 over the last 5 masks) fires early, at a ticket that retrains "
+              f"about as well as the best one drawn (within {MATCH_POINTS:g} point here)")
+    sources = (f"{EB}, Section 3, Figure 1", f"{EB}, Section 3, Algorithm 1")
+    rows = res.early_bird
+    if not rows:
+        return [not_run(c, s, "python early_bird.py") for c, s in zip((early, detect), sources)]
+    parts, verdicts = [], []
+    for ratio in sorted({r["ratio"] for r in rows}):
+        epochs = sorted({r["ticket_epoch"] for r in rows if r["ratio"] == ratio})
+        c = threshold(_retrained(res, ratio, epochs[0]), _retrained(res, ratio, epochs[-1]), MATCH_POINTS)
+        parts.append(f"{pct(ratio)}: epoch {int(epochs[0])} vs {int(epochs[-1])}: {within_says(c)}")
+        verdicts.append(verdict_of(c))
+    out = [Claim(early, sources[0], "; ".join(parts), combined(verdicts))]
+    keys = sorted(((res.detection or {}).get("ratios") or {}), key=float)
+    if not keys:
+        return out + [not_run(detect, sources[1], "python early_bird.py")]
+    parts, verdicts = [], []
+    for k in keys:
+        found = [e for e, _ in _detected(res, k)]
+        sub = [r for r in rows if abs(r["ratio"] - float(k)) < 1e-9]
+        if all(e is None for e in found) or not sub:
+            parts.append(f"{pct(float(k))}: " + ("never fired" if all(e is None for e in found) else "no ticket drawn"))
+            verdicts.append(NOT_REPRODUCED if res.multi_seed and all(e is None for e in found) else NOT_TESTABLE)
+            continue
+        drawn = sorted({r["ticket_epoch"] for r in sub})
+        best = max(sub, key=lambda r: r["retrained_acc"])["ticket_epoch"]
+        near = [None if e is None else _retrained(res, float(k), min(drawn, key=lambda t: abs(t - e)))[i]
+                for i, e in enumerate(found)]
+        c = threshold(near, _retrained(res, float(k), best), MATCH_POINTS)
+        parts.append(f"{pct(float(k))}: fired at epoch {', '.join('none' if e is None else str(e) for e in found)}; "
+                     f"nearest drawn ticket vs the best (epoch {int(best)}): {within_says(c)}")
+        verdicts.append(verdict_of(c))
+    return out + [Claim(detect, sources[1], "; ".join(parts), combined(verdicts))]

@@ -1,8 +1,8 @@
 """Task 3: is there a lottery-ticket effect (tickets against the original and the controls),
 and how do Task 2's fine-tuned networks compare with Task 3's rewound tickets? Every comparison
 pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
-from utils.analysis.common import (MATCH_POINTS, acc, acc_sd, compare, listing, missing, pct, same, seed_values,
-                                   seeds_caption, threshold)
+from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, compare, listing, missing, not_run, pct, same,
+                                   seed_values, seeds_caption, threshold, verdict_of, verdict_table, within_says)
 from utils.document import Table
 
 METHOD_ORDER = ["oneshot", "imp", "reinit", "random"]
@@ -34,6 +34,11 @@ def _best(rows, methods, sparsity):
 
 
 def section(doc, res):
+    _results(doc, res)
+    verdict_table(doc, "lottery", claims(res))
+
+
+def _results(doc, res):
     rows = res.lottery
     doc.h1("Task 3: lottery tickets (one-shot and iterative magnitude pruning)")
     if not rows:
@@ -127,3 +132,51 @@ def section(doc, res):
               f"{cfg3.get('epochs')} epochs at lr {cfg3.get('lr')}, once per one-shot target and once per IMP "
               f"round.")
     doc.figure("accuracy_vs_sparsity")
+
+
+LTH = "Frankle & Carbin 2019"
+
+
+def claims(res):
+    """Frankle & Carbin's three claims on this run: the ticket matches the original at the
+    least sparse target, beats the controls at the sparsest target that has one, and IMP beats
+    one-shot at the sparsest target both reach."""
+    match = (f"A ticket (the mask on the rewound initial weights) trains to the original's accuracy at moderate "
+             f"sparsity (within {MATCH_POINTS:g} point here; for ResNet only with warm-up or a lower lr)")
+    control = "The same mask re-initialised, or a random mask, trains to a lower accuracy than the ticket"
+    iterative = "Iterative pruning (IMP) gives better tickets at high sparsity than one-shot pruning"
+    sources = (f"{LTH}, Sections 2 and 4", f"{LTH}, Section 2, Figure 4", f"{LTH}, Section 2, Figure 4")
+    rows = res.lottery
+    if not rows:
+        return [not_run(c, s, "python lottery_imp.py") for c, s in zip((match, control, iterative), sources)]
+
+    def at(method, s):
+        return res.per_seed(lambda rep: _at(rep.lottery, method, s))
+
+    def best(methods, s):
+        return res.per_seed(lambda rep: _best(rep.lottery, methods, s))
+    out = []
+    ticket_sparsities = sorted({r["sparsity"] for r in rows if r.get("method") in TICKETS})
+    dense = res.per_seed(lambda rep: (rep.lottery or [{}])[0].get("dense_acc"))
+    if ticket_sparsities:
+        s = ticket_sparsities[0]
+        c = threshold(best(TICKETS, s), dense, MATCH_POINTS)
+        out.append(Claim(match, sources[0], f"at {pct(s)}, the better ticket vs the original: {within_says(c)}", verdict_of(c)))
+    else:
+        out.append(not_run(match, sources[0], "python lottery_imp.py --methods oneshot imp"))
+    with_control = [s for s in ticket_sparsities if any(_at(rows, m, s) is not None for m in CONTROLS)]
+    if with_control:
+        s = with_control[-1]
+        c = compare(best(TICKETS, s), best(CONTROLS, s))
+        out.append(Claim(control, sources[1], f"at {pct(s)}, the better ticket vs the better control: "
+                         f"{c.says('ahead', 'behind')}", verdict_of(c)))
+    else:
+        out.append(not_run(control, sources[1], "python lottery_imp.py --controls reinit random"))
+    both = [s for s in ticket_sparsities if _at(rows, "imp", s) is not None and _at(rows, "oneshot", s) is not None]
+    if both:
+        s = both[-1]
+        c = compare(at("imp", s), at("oneshot", s))
+        out.append(Claim(iterative, sources[2], f"at {pct(s)}, IMP vs one-shot: {c.says()}", verdict_of(c)))
+    else:
+        out.append(not_run(iterative, sources[2], "python lottery_imp.py --methods oneshot imp"))
+    return out

@@ -6,12 +6,18 @@ network and that fine-tuned dense network: the extra epochs alone can raise accu
 the second comparison says whether pruning itself helps. Every comparison pairs the numbers by
 seed and follows the report's noise rule (utils/noise.py).
 """
-from utils.analysis.common import (MATCH_POINTS, acc, acc_sd, arch_label, compare, listing, missing, pct,
-                                   seed_values, seeds_caption, signed, threshold)
+from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, arch_label, combined, compare, listing, missing,
+                                   not_run, pct, seed_values, seeds_caption, signed, threshold, verdict_of,
+                                   verdict_table, within_says)
 from utils.document import Table
 
 
 def section(doc, res):
+    _results(doc, res)
+    verdict_table(doc, "magnitude", claims(res))
+
+
+def _results(doc, res):
     rows = res.magnitude
     doc.h1("Task 2: magnitude pruning and retraining")
     if not rows:
@@ -84,3 +90,29 @@ def _fewer(res):
     """'40 ' when the fine-tuning epochs are known from a Task 2 run's settings, else ''."""
     cfg = next(iter(res.runs("magnitude").values()), {}).get("config", {})
     return f"{cfg['epochs']} " if cfg.get("epochs") else ""
+
+
+HAN = "Han et al. 2015"
+
+
+def claims(res):
+    """Han et al. 2015's two claims, tested at the sparsest pruned run (90% in the assignment)."""
+    keep = ("Magnitude pruning then retraining keeps the original's accuracy with 9-13x fewer weights "
+            f"(within {MATCH_POINTS:g} point here)")
+    need = "Pruning without retraining loses accuracy at high sparsity; retraining recovers it (qualitative)"
+    pruned = [r for r in res.magnitude if r["sparsity"]]
+    if not pruned:
+        return [not_run(keep, f"{HAN}, Table 1", "python prune_magnitude.py"),
+                not_run(need, f"{HAN}, Figure 5", "python prune_magnitude.py")]
+    s = max(r["sparsity"] for r in pruned)
+
+    def values(column):
+        return seed_values(res, lambda rep: rep.magnitude, column, sparsity=s)
+    dense, cut, back = values("dense_acc"), values("pruned_acc"), values("retrained_acc")
+    kept = threshold(back, dense, MATCH_POINTS)
+    lost, recovered = threshold(cut, dense, MATCH_POINTS), compare(back, cut)
+    return [Claim(keep, f"{HAN}, Table 1", f"at {pct(s)} sparsity, retrained vs original: {within_says(kept)}",
+                  verdict_of(kept)),
+            Claim(need, f"{HAN}, Figure 5",
+                  f"at {pct(s)}: pruned vs original {within_says(lost)}; retrained vs pruned {recovered.says()}",
+                  combined([verdict_of(lost, "down"), verdict_of(recovered)]))]

@@ -2,6 +2,9 @@
 import re
 from pathlib import Path
 
+from utils.analysis import early_bird, lottery, magnitude, robustness
+from utils.analysis.common import verdict_table
+
 
 def plain(text):
     """Markdown inline markup -> plain text (links keep their words)."""
@@ -11,6 +14,18 @@ def plain(text):
 
 
 def section(doc, res):
+    """The summaries, then the verdict on the summarised papers' claims that the tasks test."""
+    _summaries(doc, res)
+    verdict_table(doc, "papers", claims(res))
+
+
+def claims(res):
+    """The claims of the summarised papers that Tasks 2-4 and the bonus test, with the verdicts
+    their sections give (Lottery Ticket, Early-Bird, Han et al., Li et al.)."""
+    return lottery.claims(res) + early_bird.claims(res) + magnitude.claims(res) + robustness.claims(res)[1:]
+
+
+def _summaries(doc, res):
     """`res.papers_path` (set by utils.analysis.build_doc) names the Markdown file."""
     papers_path = Path(res.papers_path)
     if not papers_path.is_file():

@@ -8,7 +8,8 @@ import statistics
 
 from utils.plots import pct
 from utils.plots.prune_at_init import METHOD_NAMES, METHODS, RUN, dense_accuracy, select, summary_rows
-from utils.analysis.common import acc, acc_sd, compare, listing, same, seed_values, seeds_caption, threshold
+from utils.analysis.common import (NOT_TESTABLE, Claim, acc, acc_sd, combined, compare, listing, not_run, same,
+                                   seed_values, seeds_caption, threshold, verdict_of, verdict_table)
 from utils.document import Table
 
 # An ablation "keeps" the accuracy when it ends no more than this many points below the original;
@@ -46,6 +47,16 @@ def _seed_means(res, method, ablation, sparsities):
     return res.per_seed(one)
 
 
+def _against_original(res, rows, method, ablation):
+    """(the sparsities both ran, per sparsity `threshold` of ablation vs original against POINTS,
+    `compare` of their per-seed means over those sparsities) for `method`."""
+    common = _common(rows, method, method, ablation=ablation)
+    per = [threshold(_seed_values(res, method, ablation, x), _seed_values(res, method, "original", x), POINTS)
+           for x in common]
+    mean = compare(_seed_means(res, method, ablation, common), _seed_means(res, method, "original", common))
+    return common, per, mean
+
+
 def _common(rows, method, other_method, ablation="original", other_ablation="original"):
     """The sparsities both (method, ablation) and (other_method, other_ablation) were run at."""
     a, b = _by_sparsity(rows, method, ablation), _by_sparsity(rows, other_method, other_ablation)
@@ -53,6 +64,11 @@ def _common(rows, method, other_method, ablation="original", other_ablation="ori
 
 
 def section(doc, res):
+    _results(doc, res)
+    verdict_table(doc, "prune_at_init", claims(res))
+
+
+def _results(doc, res):
     rows = summary_rows(res)
     doc.h1("Pruning at initialisation and its sanity checks (Frankle et al. 2021)")
     if not rows:
@@ -133,12 +149,9 @@ def section(doc, res):
     for m in (m for m in methods if m != "random"):
         parts = []
         for ablation, verb in (("shuffle", "keeps"), ("reinit", "keeps"), ("invert", "lowers")):
-            common = _common(rows, m, m, ablation=ablation)
+            common, per, mean = _against_original(res, rows, m, ablation)
             if not common:
                 continue
-            per = [threshold(_seed_values(res, m, ablation, x), _seed_values(res, m, "original", x), POINTS)
-                   for x in common]
-            mean = compare(_seed_means(res, m, ablation, common), _seed_means(res, m, "original", common))
             if not res.multi_seed:
                 word = "changes"  # one seed: the difference only, no verdict
             elif verb == "keeps":
@@ -159,3 +172,82 @@ def section(doc, res):
           "not rank the weights by importance. Frankle et al. 2021 find that shuffling and re-initialising "
           "do not hurt any method and that inverting hurts SNIP, SynFlow and magnitude but not GraSP; the "
           "reproduction report found inverted SynFlow as accurate as the original.")
+
+
+REPRO = "Frankle et al. 2021; the reproduction report"
+INVERT_HURTS = {"snip": True, "grasp": False, "synflow": True, "magnitude": True}  # Frankle et al. 2021
+
+
+def _collapsed(rows):
+    """True when a row records a layer left empty (summary column `collapsed_layers`, where present)."""
+    return any(str(r.get("collapsed_layers") or "").strip() not in ("", "[]", "0", "none", "None") for r in rows)
+
+
+def _n(sparsities):
+    return f"{len(sparsities)} sparsit{'y' if len(sparsities) == 1 else 'ies'}"
+
+
+def claims(res):
+    """Frankle et al. 2021's claims as the reproduction report states them: every score beats
+    random pruning; shuffling and re-initialising keep the accuracy (within POINTS); inverting
+    lowers it by more than POINTS for SNIP, SynFlow and magnitude, not for GraSP; pruning at
+    initialisation falls short of pruning after training. A comparison with a collapsed mask is
+    not a test of the score: not testable."""
+    rows = summary_rows(res)
+    beats = "Each score (SNIP, GraSP, SynFlow, magnitude) beats random pruning at the same sparsity"
+    keeps = {"shuffle": f"Shuffling each layer's mask keeps the accuracy (within {POINTS:g} point here)",
+             "reinit": f"Re-initialising the kept weights keeps the accuracy (within {POINTS:g} point here)"}
+    short = "Pruning at initialisation falls short of pruning after training at the same sparsity"
+    if not rows:
+        return [not_run(c, s, "python prune_at_init.py") for c, s in
+                ((beats, f"{REPRO}, Section 2.5"), (keeps["shuffle"], f"{REPRO}, Section 5"),
+                 (keeps["reinit"], f"{REPRO}, Section 5"), (short, f"{REPRO}, Section 2.5"))]
+    methods = [m for m in METHODS if m != "random" and any(r.get("method") == m for r in rows)]
+    out = []
+    parts, verdicts = [], []
+    for m in methods:
+        common = _common(rows, m, "random")
+        if common:
+            c = compare(_seed_means(res, m, "original", common), _seed_means(res, "random", "original", common))
+            parts.append(f"{METHOD_NAMES[m]} vs random, mean over {_n(common)}: {c.says('ahead', 'behind')}")
+            verdicts.append(verdict_of(c))
+    out.append(Claim(beats, f"{REPRO}, Section 2.5", "; ".join(parts), combined(verdicts)) if parts else
+               not_run(beats, f"{REPRO}, Section 2.5", "python prune_at_init.py --methods random"))
+    for ablation in ("shuffle", "reinit"):
+        parts, verdicts = [], []
+        for m in methods:
+            common, per, mean = _against_original(res, rows, m, ablation)
+            if not common:
+                continue
+            parts.append(f"{METHOD_NAMES[m]}: {mean.says()} (mean over {_n(common)})")
+            verdicts.append(combined(verdict_of(c) for c in per))
+        out.append(Claim(keeps[ablation], f"{REPRO}, Section 5", "; ".join(parts), combined(verdicts)) if parts else
+                   not_run(keeps[ablation], f"{REPRO}, Section 5", f"python prune_at_init.py --ablations {ablation}"))
+    for m in methods:
+        common, per, mean = _against_original(res, rows, m, "invert")
+        if not common:
+            continue
+        hurts = INVERT_HURTS.get(m, True)
+        claim = (f"Inverting {METHOD_NAMES[m]}'s scores " + ("lowers the accuracy (by more than " if hurts else
+                 "does not lower the accuracy (within ") + f"{POINTS:g} point here)")
+        if _collapsed(select(rows, m, "invert")):
+            out.append(Claim(claim, f"{REPRO}, Sections 2.2 and 5", "layer collapse (a layer left empty): not a test "
+                             "of the score", NOT_TESTABLE))
+            continue
+        out.append(Claim(claim, f"{REPRO}, Sections 2.2 and 5",
+                         f"inverted vs original, mean over {_n(common)}: {mean.says()}",
+                         combined(verdict_of(c, "down" if hurts else "up") for c in per)))
+    parts, verdicts = [], []
+    for r in res.magnitude:
+        s = r["sparsity"]
+        at_init = [m for m in methods if s in _by_sparsity(rows, m, "original")]
+        if not s or not at_init:
+            continue
+        best = max(at_init, key=lambda m: _by_sparsity(rows, m, "original")[s])
+        c = compare(_seed_values(res, best, "original", s),
+                    seed_values(res, lambda rep: rep.magnitude, "retrained_acc", sparsity=s))
+        parts.append(f"{100 * s:g}%: {METHOD_NAMES[best]} vs magnitude after training (Task 2): {c.says()}")
+        verdicts.append(verdict_of(c, "down"))
+    out.append(Claim(short, f"{REPRO}, Section 2.5", "; ".join(parts), combined(verdicts)) if parts else
+               not_run(short, f"{REPRO}, Section 2.5", "python prune_magnitude.py at the same --sparsities"))
+    return out

@@ -1,6 +1,7 @@
 """Bonus: are pruned networks more robust, and what does adversarial training add? Every
 comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
-from utils.analysis.common import acc, acc_sd, compare, listing, pct, same, seeds_caption
+from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, combined, compare, listing, not_run, pct, same,
+                                   seeds_caption, threshold, verdict_of, verdict_table, within_says)
 from utils.document import Table
 from utils.replicates import SUMMARY_KEYS
 
@@ -24,6 +25,11 @@ def _best_pgd(res, training):
 
 
 def section(doc, res):
+    _results(doc, res)
+    verdict_table(doc, "robustness", claims(res))
+
+
+def _results(doc, res):
     rows = res.robustness
     if not rows:
         doc.h1("Bonus: robustness")
@@ -62,3 +68,39 @@ def section(doc, res):
         doc.p(f"Adversarial training: best PGD accuracy {acc(max(r['pgd_acc'] for r in pgd))}% with PGD training "
               f"vs {acc(max(r['pgd_acc'] for r in nat))}% with natural training (best of each, per seed): "
               f"{c.says('higher with PGD training', 'lower with PGD training')}.")
+
+
+def claims(res):
+    """The assignment's hypothesis (pruned networks are more robust: every pruned network against
+    its dense one under PGD) and Li et al.'s (an adversarially trained ticket keeps the dense
+    adversarial network's robustness, within MATCH_POINTS)."""
+    robust = "Pruned networks are more robust (higher PGD accuracy) than the dense network they come from"
+    keeps = (f"A pruned ticket trained adversarially keeps the robustness of the dense adversarially trained "
+             f"network (within {MATCH_POINTS:g} point of its PGD accuracy here)")
+    sources = ("the assignment, Optional Task", "Li et al. 2020 (arXiv 2003.05733), abstract")
+    rows = res.robustness
+    if not rows:
+        return [not_run(c, s, "python robustness.py") for c, s in zip((robust, keeps), sources)]
+    parts = {"natural": [], "pgd": []}
+    verdicts = {"natural": [], "pgd": []}
+    for r in rows:
+        training = str(r.get("training"))
+        dense = next((d for d in rows if not d["sparsity"] and str(d.get("arch")) == str(r.get("arch"))
+                      and str(d.get("training")) == training), None)
+        if not r["sparsity"] or dense is None or training not in parts:
+            continue
+        if training == "natural":
+            c = compare(_values(res, r, "pgd_acc"), _values(res, dense, "pgd_acc"))
+            verdicts[training].append(verdict_of(c))
+        else:
+            c = threshold(_values(res, r, "pgd_acc"), _values(res, dense, "pgd_acc"), MATCH_POINTS)
+            verdicts[training].append(verdict_of(c))
+        said = c.says("more robust", "less robust") if training == "natural" else within_says(c)
+        parts[training].append(f"{r['model']} ({r.get('arch')}) vs dense: {said}")
+    out = []
+    for training, claim, source in (("natural", robust, sources[0]), ("pgd", keeps, sources[1])):
+        if parts[training]:
+            out.append(Claim(claim, source, "; ".join(parts[training]), combined(verdicts[training])))
+        else:
+            out.append(not_run(claim, source, f"python robustness.py with {training} training and a dense network"))
+    return out

@@ -2,7 +2,8 @@
 import os
 import platform
 
-from utils.analysis.common import acc_sd, arch_label, hms
+from utils.analysis.common import (MATCH_POINTS, NOT_TESTABLE, Claim, acc, acc_sd, arch_label, hms, not_run, threshold,
+                                   verdict_of, verdict_table, within_says)
 from utils.document import Table
 from utils.noise import seed_note
 from utils.plots.common import read_csv
@@ -91,3 +92,29 @@ def section(doc, res):
           f"was assembled on {host}.")
     doc.h2("Dense training trajectory (Step 1 of every task)")
     doc.figure("dense_trajectory")
+    verdict_table(doc, "dense", claims(res))
+
+
+HE_ACC = 91.25  # He et al. 2016, Table 6: ResNet-20, 8.75% test error on CIFAR-10
+HE_EPOCHS = 160  # their 64k iterations at batch 128 are about 180 epochs; the assignment's schedule is 160
+
+
+def claims(res):
+    """The dense baseline against He et al. 2016, testable only at the paper's scale (ResNet-20,
+    all training images, the full schedule)."""
+    claim = f"ResNet-20 reaches {HE_ACC:g}% test accuracy on CIFAR-10 (8.75% error)"
+    source = "He et al. 2016, Section 4.2, Table 6"
+    dense = res.dense_summary
+    if not dense:
+        return [not_run(claim, source, "python train_dense.py")]
+    cfg = dense.get("config", {})
+    per_seed = res.per_seed(lambda rep: (rep.dense_summary or {}).get("test_acc"))
+    at = threshold(per_seed, [HE_ACC] * len(per_seed), MATCH_POINTS)
+    epochs = dense.get("epochs") or 0
+    measured = (f"{acc(dense.get('test_acc'))}% ({cfg.get('arch', '?')}, {epochs:g} epochs, "
+                f"{'all' if not cfg.get('train_subset') else cfg['train_subset']} training images); "
+                f"against {HE_ACC:g}%: {within_says(at)}")
+    full = cfg.get("arch", "resnet20") == "resnet20" and not cfg.get("train_subset") and \
+        epochs >= HE_EPOCHS
+    return [Claim(claim, source, measured if full else measured + f"; fewer than {HE_EPOCHS} epochs or a subset",
+                  verdict_of(at) if full else NOT_TESTABLE)]

@@ -4,7 +4,9 @@ ticket_imp_accuracy: trained test accuracy against % of weights remaining (log),
   and the controls, per architecture (Frankle & Carbin's Figure 3/4 layout).
 ticket_imp_trajectories: test accuracy against training iterations for the IMP rounds nearest
   100, 51, 21, 7, 3.6 and 1.9% of weights remaining.
-ticket_transfer: own vs transferred vs random ticket, per experiment and direction.
+ticket_transfer: own vs transferred vs random ticket against % of weights remaining, per
+  experiment and direction, and per experiment a last panel of transferred - own for every side
+  at the same round (so at the same sparsity), e.g. the label split's gap growing to round 15.
 """
 import math
 
@@ -56,15 +58,20 @@ def _curves(ax, rows):
     if dense:
         hline(ax, dense[0], "final_acc", color="black", ls=":", lw=1,
                    label=f"dense ({dense[0]['final_acc']:.2f}%)")
+    _remaining_axis(ax, [100 * r["density"] for r in rows])
+    ax.set_ylabel("test accuracy after training (%)")
+
+
+def _remaining_axis(ax, xs):
+    """x: % of weights remaining, log scale, Frankle & Carbin's ticks, pruning to the right."""
     ax.set_xscale("log")
-    xs = sorted({100 * r["density"] for r in rows}, reverse=True)
+    xs = sorted(set(xs), reverse=True)
     ticks = [t for t in REFERENCE_TICKS if min(xs) * 0.95 <= t <= max(xs) * 1.05]
     ax.set_xticks(ticks if len(ticks) >= 3 else xs[:: max(1, len(xs) // 8)])
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.invert_xaxis()  # pruning proceeds to the right, as in Frankle & Carbin
     ax.set_xlabel("% of weights remaining (log)")
-    ax.set_ylabel("test accuracy after training (%)")
     ax.grid(alpha=0.3, which="both")
 
 
@@ -124,17 +131,43 @@ def fig_imp_trajectories(res):
     return fig
 
 
+def _same_round_gap(ax, g, sides):
+    """Transferred - own final accuracy against % of weights remaining, one line per side, each
+    point a round where both were trained (the two masks have the same per-layer counts)."""
+    xs = []
+    for (experiment, arch, side), marker in zip(sides, "os^v"):
+        rounds = {}
+        for r in g[(experiment, arch, side)]:
+            if int(r["round"]) > 0 and kind(r) in ("own", "transferred"):
+                rounds.setdefault(int(r["round"]), {})[kind(r)] = r
+        pts = sorted(((100 * v["own"]["density"], v["transferred"]["final_acc"] - v["own"]["final_acc"])
+                      for v in rounds.values() if len(v) == 2), reverse=True)
+        xs += [x for x, _ in pts]
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker + "-", ms=4,
+                    label=f"trained on {side} (transferred - own)")
+    ax.axhline(0.0, color="black", ls=":", lw=1)
+    if xs:
+        _remaining_axis(ax, xs)
+    ax.set_ylabel("transferred - own (points)")
+    ax.set_title(f"{sides[0][0]} / {sides[0][1]}: transferred - own at the same round", fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def fig_transfer(res):
     g = groups(summary_rows(res), {"data", "labels", "optimizer"})
     if not g:
         return None
     pairs = list(dict.fromkeys((e, a) for e, a, _ in g))
-    ncols = max(sum(1 for k in g if k[:2] == p) for p in pairs)
+    ncols = max(sum(1 for k in g if k[:2] == p) for p in pairs) + 1  # the sides, then their gap
     fig, axes = plt.subplots(len(pairs), ncols, figsize=(6 * ncols, 4.2 * len(pairs)), squeeze=False)
     for i, pair in enumerate(pairs):
         sides = [k for k in g if k[:2] == pair]
         for j in range(ncols):
             ax = axes[i, j]
+            if j == ncols - 1 and len(sides) >= 2:
+                _same_round_gap(ax, g, sides)
+                continue
             if j >= len(sides):
                 ax.set_axis_off()
                 continue
