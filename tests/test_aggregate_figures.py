@@ -217,7 +217,7 @@ def test_plot_results_and_make_report_on_two_seeds(two_seeds, tmp_path):
     assert "Table (leaderboard)" in md and "over n = 2 seeds" in md
     # every task section ends with its verdict against the paper (three_regime: its own section's table)
     for task in ("dense", "papers", "magnitude", "lottery", "early_bird", "robustness", "prune_at_init", "earlycrop",
-                 "ticket_transfer"):
+                 "ticket_transfer", "three_regime"):
         assert f"Table (verdict_{task})" in md, task
 
 

@@ -118,7 +118,7 @@ def test_one_seed_reports_the_difference_and_names_the_noise_scale(disagree):
 # testable at this scale; a claim at a round or sparsity the run does not reach -> not testable.
 
 VERDICT_TABLES = ["verdict_dense", "verdict_papers", "verdict_magnitude", "verdict_lottery", "verdict_early_bird", "verdict_robustness",
-                  "verdict_prune_at_init", "verdict_earlycrop", "verdict_ticket_transfer"]
+                  "verdict_prune_at_init", "verdict_earlycrop", "verdict_ticket_transfer", "verdict_three_regime"]
 
 
 def write_more(root, gap, label_rounds=15):

@@ -25,14 +25,18 @@ CKA = {10: [0.80, 0.90, 0.95], 50: [0.70, 0.92, 0.97], 160: [0.60, 0.85, 0.99]}
 REGIME = {10: ["II-A", "II-B", "II-B"], 50: ["I", "II-B", "II-B"], 160: ["I", "I", "II-B"]}
 
 
-def write_fixture(root, axis="epochs"):
+def write_fixture(root, axis="epochs", shift=0.0):
+    """The grid above; `shift` moves the coldest row's accuracy (points), mc and cka (/100) a little,
+    as a second seed would."""
     rows = []
     for t in TEMPS:
         for j, d in enumerate(DENS):
+            k = shift if t == TEMPS[-1] else 0.0
             rows.append({"axis": axis, "temperature": t, "density": d, "dense_acc": 91.0, "pruned_acc": 30.0,
-                         "pruned_acc_std": 0.0, "retrained_acc": ACC[t][j], "retrained_acc_std": 0.5,
-                         "mc": MC[t][j], "mc_std": 0.0, "barrier": max(0.0, -MC[t][j]) * 2, "barrier_std": 0.0,
-                         "cka": CKA[t][j], "cka_std": 0.0, "pairs": 1, "regime": REGIME[t][j],
+                         "pruned_acc_std": 0.0, "retrained_acc": ACC[t][j] + k, "retrained_acc_std": 0.5,
+                         "mc": MC[t][j] + k / 100, "mc_std": 0.0, "barrier": max(0.0, -MC[t][j]) * 2,
+                         "barrier_std": 0.0, "cka": CKA[t][j] - k / 1000, "cka_std": 0.0, "pairs": 1,
+                         "regime": REGIME[t][j],
                          # one endpoint tie, within the threshold: still classed
                          "mc_from": "endpoint" if (t, d) == (10, 0.05) else "interior",
                          "mc_endpoint_pairs": int((t, d) == (10, 0.05))})
@@ -114,6 +118,35 @@ def test_report_section_is_computed_from_the_file(tmp_path):
     rows = res.csv("three_regime", "epochs", "summary.csv")
     assert {d: r["temperature"] for d, r in best_per_density(rows).items()} == {0.05: 10, 0.2: 50, 0.5: 160}
     assert heating_effect(rows)[0.2] == pytest.approx(19.0 - 20.0)
+
+
+def verdicts(res):
+    doc = Doc()
+    section(doc, res)
+    assert doc.blocks[-1][0] == "table" and doc.blocks[-1][1].name == "verdict_three_regime"  # the last table
+    return {row[0]: (row[2], row[3]) for row in doc.tables["verdict_three_regime"].rows}
+
+
+def test_verdict_against_the_paper(tmp_path):
+    # one seed: measured, never called
+    one = verdicts(write_fixture(tmp_path / "one"))
+    assert len(one) == 3 and {v for _, v in one.values()} == {"not testable at this scale"}
+    dichotomy = one["Heating the dense net helps pruning at low density and hurts at high density (qualitative) [epochs]"]
+    assert dichotomy[0] == ("test accuracy, epochs 10 vs 160: at density 5% Δ = +5.00 points, one seed; "
+                            "at 50% Δ = -5.00 points, one seed")
+    # two seeds that agree (the coldest row moved by 0.2 and 0.6): the hot-minus-cold differences
+    # +5 / -5 accuracy points, mc +51 points at 5%, cka -4 points at 50% are all called
+    for s, shift in enumerate((0.2, 0.6)):
+        write_fixture(tmp_path / "two" / f"seed_{s}", shift=shift)
+    two = verdicts(Results(tmp_path / "two"))
+    assert {v for _, v in two.values()} == {"reproduced"}, two
+    mc = two["At low density the copies become poorly connected (mc falls) as the dense net cools (qualitative) [epochs]"]
+    assert mc[0].startswith("mc (training-error points) at density 5%, epochs 10 vs 160: colder lower (Δ = +50.60")
+    # the opposite pattern: a hot net that is worse at low density -> not reproduced
+    for s, shift in enumerate((10.0, 10.4)):
+        write_fixture(tmp_path / "flip" / f"seed_{s}", shift=shift)
+    flip = verdicts(Results(tmp_path / "flip"))
+    assert flip[next(k for k in flip if k.startswith("Heating"))][1] == "not reproduced"
 
 
 def test_plot_results_and_make_report_include_the_section(tmp_path):

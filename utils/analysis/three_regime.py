@@ -5,7 +5,8 @@ comparison pairs the numbers by seed and follows the report's noise rule (utils/
 are findings only where they are robust to the thresholds (the sensitivity grid of regimes.json)."""
 import math
 
-from utils.analysis.common import compare, seed_values, seeds_caption
+from utils.analysis.common import (Claim, combined, compare, not_run, seed_values, seeds_caption, verdict_of,
+                                   verdict_table)
 from utils.plots import pct
 from utils.document import Table
 from utils.three_regime import AXES, REGIMES, UNDECIDED, classify
@@ -112,6 +113,64 @@ def _sensitivity_table(doc, axis, res, rows, thresholds):
 
 
 def section(doc, res):
+    _results(doc, res)
+    verdict_table(doc, "three_regime", claims(res))
+
+
+ZHOU = "Zhou et al. 2023, Figure 2"
+
+
+def _per_seed(res, axis, temperature, density, column):
+    return seed_values(res, lambda rep: rep.csv("three_regime", axis, "summary.csv"), column,
+                       temperature=temperature, density=density)
+
+
+def claims(res):
+    """The paper's Figure 2 read as three claims, on each axis that has results: the dichotomy
+    (heating helps at the lowest density, hurts at the highest, in test error), the barrier at
+    low density that grows as the dense net cools (mc lower at the coldest temperature), and the
+    copies' similarity at high density that grows as it cools (cka higher at the coldest). Each
+    compares the grid's hottest with its coldest temperature, paired by seed."""
+    dichotomy = "Heating the dense net helps pruning at low density and hurts at high density (qualitative)"
+    barrier = "At low density the copies become poorly connected (mc falls) as the dense net cools (qualitative)"
+    similar = "At high density the copies become more similar (CKA rises) as the dense net cools (qualitative)"
+    out = []
+    for axis in AXES:
+        rows = res.csv("three_regime", axis, "summary.csv")
+        tag = f" [{axis}]"
+        command = "python three_regime.py" + ("" if axis == "epochs" else f" --axis {axis}")
+        temps = sorted({r["temperature"] for r in rows})
+        dens = sorted({r["density"] for r in rows})
+        if len(temps) < 2 or len(dens) < 2:
+            if axis == "epochs" or rows:  # the batch-size axis is optional: say it only when begun
+                out += [not_run(c + tag, ZHOU, f"{command} with 2+ temperatures and densities")
+                        for c in (dichotomy, barrier, similar)]
+            continue
+        hot, cold, low, high = temps[0], temps[-1], dens[0], dens[-1]
+
+        def hot_vs_cold(d, column, scale=1.0):  # mc and cka x100: the noise rule speaks in points
+            def per_seed(t):
+                return [None if v is None else scale * v for v in _per_seed(res, axis, t, d, column)]
+            return compare(per_seed(hot), per_seed(cold))
+        at = f"{UNIT[axis]} {hot:g} vs {cold:g}"
+        low_acc, high_acc = hot_vs_cold(low, "retrained_acc"), hot_vs_cold(high, "retrained_acc")
+        out.append(Claim(dichotomy + tag, ZHOU + " (test error panels)",
+                         f"test accuracy, {at}: at density {pct(low)} {low_acc.says('hotter ahead', 'hotter behind')}; "
+                         f"at {pct(high)} {high_acc.says('hotter ahead', 'hotter behind')}",
+                         combined([verdict_of(low_acc, "up"), verdict_of(high_acc, "down")])))
+        low_mc = hot_vs_cold(low, "mc", 100.0)  # hot - cold: > 0 when the colder net has the lower mc
+        out.append(Claim(barrier + tag, ZHOU + " (linear mode connectivity panel)",
+                         f"mc (training-error points) at density {pct(low)}, {at}: {low_mc.says('colder lower', 'colder higher')} "
+                         "(a regime boundary itself depends on thresholds: see the sensitivity table)",
+                         verdict_of(low_mc, "up")))
+        high_cka = hot_vs_cold(high, "cka", 100.0)  # hot - cold: < 0 when the colder copies are more similar
+        out.append(Claim(similar + tag, ZHOU + " (CKA panel)",
+                         f"cka x100 at density {pct(high)}, {at}: {high_cka.says('colder lower', 'colder higher')}",
+                         verdict_of(high_cka, "down")))
+    return out
+
+
+def _results(doc, res):
     doc.h1("Three-regime model of pruning: temperature x load")
     doc.p("Zhou et al. (ICML 2023): each cell is the dense network at a temperature, every conv layer "
           "pruned by magnitude to a density and retrained as copies that differ only in data order; "
