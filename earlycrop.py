@@ -22,7 +22,7 @@ import torch
 
 from models import model_from_checkpoint, read_checkpoint
 from utils.channels import compact_model, count_flops, prunable_bn_names, select_channels
-from utils.crop import (channel_gate_scores, crop_scores, detect_prune_epoch, draw_score_batches,
+from utils.crop import (channel_gate_scores, crop_scores, draw_score_batches,
                         random_channel_scores, score_batches_on, score_mask, step_schedule)
 from utils.dense_run import dense_distances_from_epoch1, dense_trajectory, dense_weights_at
 from utils.early_bird import dense_hint
