@@ -109,7 +109,7 @@ def main(argv=None):
     prune_by = min(args.prune_by, final_epoch)
     recorded = all(r.get("distance_from_epoch1") not in (None, "") for r in rows_by_epoch[1:])
     distances = None  # the authors' rule's input; for an older dense run, from a checked replay
-    if recorded or args.detector == "authors":
+    if (recorded and final_epoch >= 2) or args.detector == "authors":
         distances = dense_distances_from_epoch1(
             dense_run, final_epoch if recorded else prune_by, dense_results=dense_results,
             replay_dir=ckpt_root / "replay", replay_results=res_root / "replay", data_dir=args.data_dir,

@@ -286,3 +286,12 @@ def test_bad_inputs_exit_2_with_one_line(tiny_dense, tmp_path, capsys):
     (broken / "bn_history.pt").unlink()
     assert_user_error(call_main(capsys, *out, "--dense-run", broken), "bn_history.pt", "python train_dense.py")
     assert not (tmp_path / "res" / "early_bird" / "summary.csv").exists()
+
+
+def test_report_says_which_retraining_ran():
+    from utils.analysis.early_bird import _retraining
+    assert "a new full schedule from the initial learning rate (the paper's text)" in _retraining(
+        [{"retrain_from": "ticket"}])  # a summary.csv made before retrain_schedule: the full schedule
+    text = _retraining([{"retrain_from": "scratch", "retrain_schedule": "remaining"}])
+    assert "freshly initialised" in text and "epochs e+1 … E at the dense run's learning rates" in text
+    assert "(the authors' released code)" in text
