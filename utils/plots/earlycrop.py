@@ -57,7 +57,8 @@ def fig_earlycrop_detector(res):
     fig, (ax_d, ax_r) = plt.subplots(1, 2, figsize=(12, 4.5))
     epochs = list(range(len(det["delta"])))
     ax_d.plot(epochs, det["delta"], ".-", color="black")
-    ax_d.set(xlabel="dense training epoch t", ylabel="Δ_t = ‖θ_t − θ_0‖²", title="distance travelled (Δ_t from θ_0; d_t, gray, from θ_1)")
+    ax_d.set(xlabel="dense training epoch t", ylabel="Δ_t = ‖θ_t − θ_0‖²",
+             title="distance travelled (Δ_t from θ_0; d_t, gray, from θ_1)")
     if det.get("d"):
         twin = ax_d.twinx()
         twin.plot(range(1, len(det["d"])), det["d"][1:], ".-", color="tab:gray", label="d_t = ‖θ_t − θ_1‖/‖θ_1‖")
