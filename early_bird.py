@@ -4,6 +4,9 @@
     python early_bird.py --ticket-epochs auto             # tickets at the detected Early-Bird epoch
     python early_bird.py --retrain-from scratch           # same compact nets, fresh initialisation
     python early_bird.py --detect-only                    # only detection.json and the distance CSVs
+    python early_bird.py --ticket-epochs auto --retrain-from scratch --retrain-schedule remaining
+                                                          # the authors' released retraining
+    python early_bird.py --detector-pool all --detect-only   # the authors' pool: every BatchNorm
 
 Reads the dense run (train_dense.py): its epoch_EEE.pt checkpoints and bn_history.pt. Writes
 checkpoints/early_bird/epoch_EEE/ratio_R/{compact.pt,final.pt},
@@ -25,9 +28,10 @@ from models import count_params, load_checkpoint, get_model, model_from_checkpoi
 from utils.channels import (block_gammas, compact_model, count_flops, forward_seconds,
                             prunable_bn_names, select_channels)
 from utils.dense_run import dense_weights_at
-from utils.early_bird import (check_dense_checkpoints, check_detector, dense_checkpoint, dense_hint,
-                              detect, load_bn_history, parse_ticket_epochs, training_flops,
-                              write_detection)
+from utils.early_bird import (POOLS, SCHEDULES, EpochOffset, check_dense_checkpoints, check_detector,
+                              dense_checkpoint, dense_hint, detect, load_bn_history, parse_ticket_epochs,
+                              remaining_recipe, training_flops, write_detection)
+from utils.config import TrainConfig
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import load_csv, load_json, save_csv, save_json
@@ -40,7 +44,7 @@ SUMMARY_COLUMNS = [
     "dense_epoch_acc", "start_acc", "retrain_from", "channels_kept", "channels_total",
     "forced_channels", "dense_params", "dense_flops", "params_ratio", "flops_ratio",
     "train_flops", "dense_train_flops", "train_flops_ratio", "dense_forward_ms",
-    "forward_ms", "speedup", "speed_device"]
+    "forward_ms", "speedup", "speed_device", "retrain_schedule", "retrain_epochs"]
 
 
 TICKET_OUTPUTS = ("compact.pt", "final.pt")
@@ -77,6 +81,12 @@ def parse_args(argv):
                         help="fractions of the prunable channels removed")
     parser.add_argument("--retrain-from", choices=("ticket", "scratch"), default="ticket",
                         help="ticket: the pruned weights; scratch: the compact net freshly initialised")
+    parser.add_argument("--retrain-schedule", choices=SCHEDULES, default="full",
+                        help="full: a new --epochs schedule from --lr (the paper's text); remaining: epochs "
+                             "e+1 … E of the dense run at its learning rates and BN-L1 penalty (the authors' code)")
+    parser.add_argument("--detector-pool", choices=POOLS, default="inner",
+                        help="channels the detector thresholds: inner (the blocks' bn1, the ones pruned) or "
+                             "all (every BatchNorm, the authors' code); the pruning stays on the inner ones")
     parser.add_argument("--eb-eps", type=float, default=0.1,
                         help="Early-Bird threshold on the mask distance")
     parser.add_argument("--eb-window", type=int, default=5,
@@ -85,7 +95,8 @@ def parse_args(argv):
                         help="write detection.json and the distance matrices, then stop")
     parser.add_argument("--run-name", default=None,
                         help="output folder name; default early_bird, plus _<dense run name> for a "
-                             "dense run not named dense, plus _scratch with --retrain-from scratch")
+                             "dense run not named dense, _scratch with --retrain-from scratch, _remaining "
+                             "with --retrain-schedule remaining, _pool_all with --detector-pool all")
     parser.add_argument("--speed-batch", type=int, default=128, help="batch size of the timed forward pass")
     parser.add_argument("--speed-repeats", type=int, default=10, help="timed forward passes per network")
     return parser.parse_args(argv)
@@ -114,16 +125,18 @@ def main(argv=None):
                         f"make it again with: {hint} --force")
     final_epoch = int(dense_config.get("epochs", len(next(iter(history.values()))) - 1))
     name = args.run_name or ("early_bird" + ("" if dense_run.name == "dense" else f"_{dense_run.name}")
-                             + ("_scratch" if args.retrain_from == "scratch" else ""))
+                             + ("_scratch" if args.retrain_from == "scratch" else "")
+                             + ("_remaining" if args.retrain_schedule == "remaining" else "")
+                             + ("_pool_all" if args.detector_pool == "all" else ""))
     ckpt_root, res_root = Path(args.checkpoint_dir) / name, Path(args.results_dir) / name
     if ticket_epochs is not None and not args.detect_only:  # fail before writing anything
         check_dense_checkpoints(dense_run, ticket_epochs, final_epoch, hint)
 
     # Step 2: Early-Bird detection from the γ history alone.
-    detection, matrices = detect(history, ratios, args.eb_eps, args.eb_window)
+    detection, matrices = detect(history, ratios, args.eb_eps, args.eb_window, args.detector_pool)
     write_detection(detection, matrices, res_root)
     found = {r: detection["ratios"][f"{r:g}"]["eb_epoch"] for r in ratios}
-    print("Early-Bird epoch (eps %g, window %d): %s" % (args.eb_eps, args.eb_window, ", ".join(
+    print("Early-Bird epoch (eps %g, window %d, %s pool): %s" % (args.eb_eps, args.eb_window, args.detector_pool, ", ".join(
         f"ratio {r:g} -> {e if e is not None else 'none'}" for r, e in found.items())))
     if args.detect_only:
         return
@@ -141,6 +154,9 @@ def main(argv=None):
         check_dense_checkpoints(dense_run, [], final_epoch, hint)  # unsaved epochs are replayed
     else:  # explicit epochs: their checkpoints were checked in Step 1
         tickets = [(e, r) for e in ticket_epochs for r in ratios]
+    if args.retrain_schedule == "remaining":  # every ticket must leave dense epochs to train
+        for e, _ in tickets:
+            remaining_recipe(TrainConfig(), dense_config, e)
 
     # Step 4: data, and the trained dense network: accuracy, size, cost, timing reference.
     setup = task_setup(args)
@@ -177,8 +193,15 @@ def main(argv=None):
         params, flops = count_params(compact), count_flops(compact)
 
         sub = Path(f"epoch_{epoch:03d}") / pct_name(ratio, "ratio")
+        # the retraining recipe: a new schedule (the paper's text), or the rest of the dense one
+        hp, offset, bn_l1, schedule = setup.hp, 0, 0.0, {}
+        if args.retrain_schedule == "remaining":
+            hp, offset = remaining_recipe(setup.hp, dense_config, epoch), epoch
+            bn_l1 = float(dense_config.get("bn_l1", 0.0))  # the authors keep the slimming penalty on
+            schedule = {"retrain_schedule": "remaining", "epochs": hp.epochs, "lr": hp.lr,
+                        "milestones": list(hp.milestones), "bn_l1": bn_l1}
         config = setup.config(arch=arch, shortcut=shortcut, dense_sha256=dense_sha256, ticket_epoch=epoch,
-                              ratio=ratio, retrain_from=args.retrain_from, widths=widths)
+                              ratio=ratio, retrain_from=args.retrain_from, widths=widths, **schedule)
         plan = plan_run(ckpt_root / sub, res_root / sub, config, TICKET_OUTPUTS, setup.run.force)
         speed = speed_of(res_root / sub / "speed.json", args, device, None if plan.skip else {})
         if speed is None:  # timed once per trained ticket, kept beside its trajectory
@@ -194,15 +217,16 @@ def main(argv=None):
         channels = {p: i for p, i in zip(
             [n[:-len(".bn1")] for n in full_names], selection.indices())}
         summary = train_run(
-            compact, setup.train, setup.test, setup.hp, arch=arch, config=config, seed=seed,
-            ckpt_dir=ckpt_root / sub, results_dir=res_root / sub, force=plan.fresh,
-            save_as=[(0, "compact.pt"), (setup.hp.epochs, "final.pt")], outputs=TICKET_OUTPUTS,
+            compact, setup.train, setup.test, hp, arch=arch, config=config, seed=seed,
+            ckpt_dir=ckpt_root / sub, results_dir=res_root / sub, force=plan.fresh, bn_l1=bn_l1,
+            callbacks=[EpochOffset(offset)] if offset else (),
+            save_as=[(0, "compact.pt"), (hp.epochs, "final.pt")], outputs=TICKET_OUTPUTS,
             checkpoint_extra={"widths": widths, "channels": channels},
             desc=f"epoch {epoch} ratio {ratio:g}", **setup.train_kwargs())
         dense_s, compact_s = speed["dense_forward_ms"] / 1e3, speed["forward_ms"] / 1e3
 
         train_flops = (training_flops(epoch, dense_images, dense_flops)
-                       + training_flops(setup.hp.epochs, len(setup.train), flops))
+                       + training_flops(hp.epochs, len(setup.train), flops))
         rows.append({
             "ticket_epoch": epoch, "ratio": ratio, "dense_acc": dense_acc, "pruned_acc": pruned_acc,
             "retrained_acc": summary["test_acc"], "params": params, "flops": flops,
@@ -214,7 +238,8 @@ def main(argv=None):
             "train_flops": train_flops, "dense_train_flops": dense_train_flops,
             "train_flops_ratio": train_flops / dense_train_flops,
             "dense_forward_ms": 1e3 * dense_s, "forward_ms": 1e3 * compact_s,
-            "speedup": dense_s / compact_s, "speed_device": speed["speed_device"]})
+            "speedup": dense_s / compact_s, "speed_device": speed["speed_device"],
+            "retrain_schedule": args.retrain_schedule, "retrain_epochs": hp.epochs})
         save_csv(merge_rows(res_root / "summary.csv", rows), res_root / "summary.csv", SUMMARY_COLUMNS)
         print(f"epoch {epoch} ratio {ratio:g}: pruned {pruned_acc:.2f}% -> retrained "
               f"{summary['test_acc']:.2f}% (dense {dense_acc:.2f}%), {params / dense_params:.2f}x params, "

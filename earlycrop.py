@@ -3,9 +3,12 @@
     python earlycrop.py                                   # 5 methods x sparsities 0.6 0.9 0.98
     python earlycrop.py --methods earlycrop_s crop_s --sparsities 0.9
     python earlycrop.py --prune-epoch 10                  # prune at epoch 10, not the detected one
+    python earlycrop.py --detector paper --detect-only    # the paper's formula; only detection.json
 
-Reads the dense run (train_dense.py): init.pt, its trajectory's weight_distance, its checkpoints
-(an epoch it did not keep is replayed from init.pt, checked, into checkpoints/earlycrop/replay/).
+Reads the dense run (train_dense.py): init.pt, its trajectory's weight_distance and
+distance_from_epoch1/norm_epoch1 (a dense run made before those columns is replayed, checked),
+its checkpoints (an epoch it did not keep is replayed from init.pt, checked, into
+checkpoints/earlycrop/replay/).
 Writes checkpoints/earlycrop/<method>/sparsity_<s>/{mask.pt|compact.pt,start.pt,final.pt,scores.pt},
 checkpoints/earlycrop/score_batches.pt, results/earlycrop/<method>/sparsity_<s>/,
 results/earlycrop/detection.json and results/earlycrop/summary.csv; see docs/earlycrop.md.
@@ -18,18 +21,19 @@ from pathlib import Path
 import torch
 
 from models import model_from_checkpoint, read_checkpoint
-from utils.channels import compact_model, prunable_bn_names, select_channels
-from utils.crop import (channel_gate_scores, crop_scores, detect_prune_epoch, draw_score_batches,
+from utils.channels import compact_model, count_flops, prunable_bn_names, select_channels
+from utils.crop import (channel_gate_scores, crop_scores, draw_score_batches,
                         random_channel_scores, score_batches_on, score_mask, step_schedule)
-from utils.dense_run import dense_trajectory, dense_weights_at
+from utils.dense_run import dense_distances_from_epoch1, dense_trajectory, dense_weights_at
 from utils.early_bird import dense_hint
-from utils.earlycrop import (own_row, AT_INIT, MEASURED, METHODS, STRUCTURED, SUMMARY_COLUMNS, dense_seconds_until,
-                             full_prunable, measure, other_rows)
+from utils.earlycrop import (own_row, AT_INIT, DETECTORS, MEASURED, METHODS, STRUCTURED, SUMMARY_COLUMNS,
+                             dense_seconds_until, detection_record, full_prunable, measure, other_rows,
+                             train_flops_of)
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import _fmt, load_csv, load_json, save_csv, save_json, save_torch
 from utils.pruning import apply_mask, weights_fingerprint
-from utils.train import checkpoint, plan_run, train_run
+from utils.train import checkpoint, plan_run, select_device, train_run
 
 
 def parse_args(argv):
@@ -44,8 +48,16 @@ def parse_args(argv):
                         help="fraction of prunable weights (-U) or prunable channels (-S) removed")
     parser.add_argument("--crop-batches", type=int, default=5,
                         help="unaugmented training batches (of --batch-size) the CroP scores use")
+    parser.add_argument("--detector", choices=DETECTORS, default="authors",
+                        help="authors: the authors' code, |d_t − d_{t−1}| < τ = (1 − s)·d_2 on "
+                             "d_t = ‖θ_t − θ_1‖/‖θ_1‖ over all parameters, from epoch 3; paper: "
+                             "|Δ_t − Δ_{t−1}| / Δ_1 < 1 − s on Δ_t = ‖θ_t − θ_0‖² over Conv/Linear "
+                             "weights, from epoch 2")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="detector threshold on |Δ_t − Δ_{t−1}| / Δ_1; default 1 − sparsity")
+                        help="the detector's 1 − sparsity replaced by this value (authors: the factor on "
+                             "d_2; paper: the threshold on the ratio)")
+    parser.add_argument("--detect-only", action="store_true",
+                        help="write detection.json, then stop")
     parser.add_argument("--prune-by", type=int, default=100,
                         help="prune at this epoch if the detector has not fired (clamped to the dense run)")
     parser.add_argument("--prune-epoch", type=int, default=None,
@@ -91,22 +103,28 @@ def main(argv=None):
     dense_rows = dense_trajectory(dense_results, hint)
     ckpt_root, res_root = Path(args.checkpoint_dir) / args.run_name, Path(args.results_dir) / args.run_name
 
-    # Step 2: when to prune, from the dense run's Δ_t = ‖θ_t − θ_0‖² (one rule per sparsity).
-    delta = [float(r["weight_distance"]) for r in sorted(dense_rows, key=lambda r: int(float(r["epoch"])))]
-    detection = {"delta": delta, "ratio": None, "prune_by": min(args.prune_by, final_epoch),
-                 "prune_epoch_override": args.prune_epoch, "sparsities": {}}
-    for s in sparsities:
-        threshold = args.threshold if args.threshold is not None else 1 - s
-        ratio, epoch, fired = detect_prune_epoch(delta, threshold, args.prune_by)
-        detection["ratio"] = ratio
-        detection["sparsities"][f"{s:g}"] = {"threshold": threshold, "prune_epoch": epoch, "fired": fired}
+    # Step 2: when to prune, per sparsity, by both rules; `--detector` chooses which one prunes.
+    rows_by_epoch = sorted(dense_rows, key=lambda r: int(float(r["epoch"])))
+    delta = [float(r["weight_distance"]) for r in rows_by_epoch]
+    prune_by = min(args.prune_by, final_epoch)
+    recorded = all(r.get("distance_from_epoch1") not in (None, "") for r in rows_by_epoch[1:])
+    distances = None  # the authors' rule's input; for an older dense run, from a checked replay
+    if (recorded and final_epoch >= 2) or args.detector == "authors":
+        distances = dense_distances_from_epoch1(
+            dense_run, final_epoch if recorded else prune_by, dense_results=dense_results,
+            replay_dir=ckpt_root / "replay", replay_results=res_root / "replay", data_dir=args.data_dir,
+            device=select_device(args.device, args.deterministic), download=not args.no_download, hint=hint)
+    detection = detection_record(args.detector, sparsities, args.threshold, prune_by, delta, distances,
+                                 dense_config.get("milestones") or [], args.prune_epoch)
     if not (res_root / "detection.json").is_file() or load_json(res_root / "detection.json") != detection:
         save_json(detection, res_root / "detection.json")  # a rerun writes nothing new
     prune_at = {s: args.prune_epoch if args.prune_epoch is not None else detection["sparsities"][f"{s:g}"]["prune_epoch"]
                 for s in sparsities}
-    print("EarlyCroP prune epoch: " + ", ".join(
-        f"sparsity {s:g} -> {prune_at[s]}" + ("" if detection["sparsities"][f"{s:g}"]["fired"] else " (not fired: --prune-by)")
+    print(f"EarlyCroP prune epoch ({args.detector} rule): " + ", ".join(
+        f"sparsity {s:g} -> {prune_at[s]}" + _how(detection["sparsities"][f"{s:g}"], args.prune_epoch)
         for s in sparsities))
+    if args.detect_only:
+        return
 
     # Step 3: data and the CroP score batches (a seeded draw of unaugmented training images).
     setup = task_setup(args)
@@ -141,6 +159,13 @@ def main(argv=None):
             return dict(row, **{k: float(same[k]) if same[k] != "" else None for k in MEASURED})
         return dict(row, **measure(
             read_checkpoint(final_path), setup.hp.batch_size, device, n_full, channels_full, args.timing_steps))
+
+    dense_flops = count_flops(model_from_checkpoint(init))
+
+    def costed(row, final_path):
+        """The measured row with its training FLOPs (dense epochs before pruning, its own after)."""
+        before, after = row.pop("epochs")
+        return train_flops_of(measured(row, final_path), before, after, len(setup.train), dense_flops, final_epoch)
 
     rows = []
     for method in methods:
@@ -184,7 +209,7 @@ def main(argv=None):
                           save_as=[(0, "start.pt"), (setup.hp.epochs, "final.pt")],
                           checkpoint_extra=dict(extra, prune_epoch=epoch),
                           desc=f"{method} sparsity {s:g}", **setup.train_kwargs())
-            rows.append(measured(own_row(method, s, epoch, ck_dir, res_dir, dense_rows), ck_dir / "final.pt"))
+            rows.append(costed(own_row(method, s, epoch, ck_dir, res_dir, dense_rows), ck_dir / "final.pt"))
             print_row(rows[-1])
 
     # Step 5: the table: these runs, then the dense network and the other scripts' runs, at each
@@ -193,12 +218,12 @@ def main(argv=None):
     dense_row = {"method": "dense", "structured": None, "sparsity": 0.0,
                  "test_acc": float(dense_rows[-1]["test_acc"]), "prune_epoch": None,
                  "train_seconds": dense_seconds_until(dense_rows, final_epoch),
-                 "source": str(dense_results / "summary.json")}
-    rows.append(measured(dense_row, dense_final))
+                 "epochs": (final_epoch, 0), "source": str(dense_results / "summary.json")}
+    rows.append(costed(dense_row, dense_final))
     for s in sparsities:
         found, missing = other_rows(s, args.checkpoint_dir, args.results_dir, dense_run, dense_rows)
         for row, final in found:
-            rows.append(measured(row, final))
+            rows.append(costed(row, final))
         for method, command in missing:
             rows.append({"method": method, "sparsity": s, "structured": method == "early_bird",
                          "source": f"missing; run: {command}"})
@@ -210,6 +235,16 @@ def main(argv=None):
     if not same_device:
         save_json({"device": str(device)}, device_path)
     print(f"summary: {res_root / 'summary.csv'} ({len(rows)} rows)")
+
+
+def _how(info, override):
+    if override is not None:
+        return " (set by --prune-epoch)"
+    if not info["fired"]:
+        return " (not fired: --prune-by)"
+    if info["after_milestone"] is not None:
+        return f" (fired just after the learning-rate milestone {info['after_milestone']})"
+    return ""
 
 
 def fmt(v):

@@ -11,7 +11,7 @@ import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, 
 from models import ARCHS, get_model, prunable_weights
 from utils.errors import UserError, cli_main
 from utils.experiment import task_parser, task_setup
-from utils.train import seeded, train_run
+from utils.train import DistanceFromEpoch1, seeded, train_run
 
 DEFAULT_SAVE_EPOCHS = (10, 30, 50, 100, 160)  # the ticket epochs of Tasks 2-4 and the last one
 
@@ -63,6 +63,7 @@ def main(argv=None):
         results_dir=setup.results_dir / args.run_name, force=setup.run.force,
         save_as=[(0, "init.pt")] + [(e, f"epoch_{e:03d}.pt") for e in save_epochs],
         bn_l1=args.bn_l1, weight_distance_ref=init_weights, bn_history=True, desc=args.run_name,
+        callbacks=[DistanceFromEpoch1()],  # what EarlyCroP's authors' detector reads
         **setup.train_kwargs())
     print(f"{args.run_name}: test accuracy {summary['test_acc']:.2f}% after {summary['epochs']} "
           f"epochs, {summary['params']:,} parameters, {summary['seconds']:.0f} s")

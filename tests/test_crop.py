@@ -1,5 +1,6 @@
-"""utils/crop.py: CroP scores against an explicit Hessian and finite differences, the EarlyCroP
-detector on synthetic series, the step schedule, exact masks from scores."""
+"""utils/crop.py: CroP scores against an explicit Hessian and finite differences, both EarlyCroP
+detectors on synthetic series and on hand-made weight sequences (one that settles, one that only
+slows at a learning-rate milestone, a random walk), the step schedule, exact masks from scores."""
 import copy
 
 import pytest
@@ -8,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.resnet import CifarResNet
-from utils.crop import (channel_gate_scores, crop_scores, detect_prune_epoch, score_mask,
-                        step_schedule)
+from utils.crop import (authors_prune_epoch, channel_gate_scores, crop_scores, detect_prune_epoch,
+                        milestone_before, score_mask, step_schedule)
 from utils.errors import UserError
 
 
@@ -118,6 +119,119 @@ def test_detector_on_synthetic_series():
         detect_prune_epoch([0.0, 0.0, 1.0], 0.1, 100)
     with pytest.raises(UserError, match="--threshold"):
         detect_prune_epoch(delta, 0, 100)
+
+
+# --- both rules on hand-made weight sequences θ_0, θ_1, …; the expected epochs are worked out by
+# hand from the rules' definitions (comments), not taken from the code.
+
+D = 64  # parameters; the direction e_D−1 holds θ_0 so that ‖θ_1‖ is not 1
+
+
+def unit(i):
+    v = torch.zeros(D, dtype=torch.float64)
+    v[i] = 1.0
+    return v
+
+
+def paper_input(thetas):
+    """Δ_t = ‖θ_t − θ_0‖²."""
+    return [float((t - thetas[0]).square().sum()) for t in thetas]
+
+
+def authors_input(thetas):
+    """(‖θ_t − θ_1‖₂, ‖θ_1‖₂) per epoch; epoch 0 comes before θ_1."""
+    return [(None, None)] + [(float((t - thetas[1]).norm()), float(thetas[1].norm())) for t in thetas[1:]]
+
+
+def settling(epochs=12):
+    """θ_t = θ_0 + (1 − 2^−t)·v: each epoch moves half as far as the one before."""
+    theta0, v = 3 * unit(D - 1), unit(0) + unit(1)
+    return [theta0 + (1 - 0.5 ** t) * v for t in range(epochs + 1)]
+
+
+def ballistic_then_drop(milestone=10, epochs=20):
+    """Constant steps v until the milestone, then steps 0.1·v (the learning rate ×0.1)."""
+    theta, out = 3 * unit(D - 1), []
+    for t in range(epochs + 1):
+        out.append(theta.clone())
+        theta = theta + (1.0 if t < milestone else 0.1) * unit(0)
+    return out
+
+
+def orthogonal_walk(epochs=40, milestone=None):
+    """A random walk as it looks in many dimensions: equal, mutually orthogonal steps (step t
+    along e_t), so ‖θ_t − θ_s‖² = t − s; after `milestone` the steps shrink to 0.1."""
+    theta, out = 3 * unit(D - 1), [3 * unit(D - 1)]
+    for t in range(1, epochs + 1):
+        theta = theta + (0.1 if milestone is not None and t > milestone else 1.0) * unit(t - 1)
+        out.append(theta.clone())
+    return out
+
+
+def test_authors_rule_on_a_settling_sequence():
+    # θ_t − θ_1 = (½ − 2^−t)·v: d_t ∝ ½ − 2^−t, d_2 ∝ ¼, |d_t − d_{t−1}| ∝ 2^−t (⅛ at t = 3)
+    rule = authors_prune_epoch(authors_input(settling()), 1 - 0.9, 100)
+    norm = (9 + 0.25 * 2) ** 0.5  # ‖θ_1‖ = ‖3·e + ½·v‖
+    assert rule["d"][1] == 0 and rule["d"][2] == pytest.approx(0.25 * 2 ** 0.5 / norm)
+    assert rule["threshold"] == pytest.approx(0.1 * rule["d"][2])
+    assert rule["change"][3] == pytest.approx(0.125 * 2 ** 0.5 / norm)
+    # τ = (1 − s)·¼: 2^−t < τ first at t = 6 for s = 0.9 (1/64 < 1/40), t = 4 for s = 0.7
+    # (1/16 < 3/40), t = 3 for s = 0.3 (1/8 < 7/40): never before 3 (d_2 < (1 − s)·d_2 is false)
+    assert (rule["prune_epoch"], rule["fired"]) == (6, True)
+    assert authors_prune_epoch(authors_input(settling()), 0.3, 100)["prune_epoch"] == 4
+    assert authors_prune_epoch(authors_input(settling()), 0.7, 100)["prune_epoch"] == 3
+    capped = authors_prune_epoch(authors_input(settling()), 0.1, 5)
+    assert (capped["prune_epoch"], capped["fired"]) == (5, False)  # the cap: not fired by epoch 5
+
+
+def test_paper_rule_on_a_settling_sequence():
+    # Δ_t = (1 − 2^−t)²·2: Δ_1 = ½; ratio_t = |Δ_t − Δ_{t−1}| / Δ_1 = 1.25, 0.8125, 0.453, 0.238,
+    # 0.122, 0.0618 at t = 2…7
+    ratio, epoch, fired = detect_prune_epoch(paper_input(settling()), 1 - 0.9, 100)
+    assert ratio[2:8] == pytest.approx([1.25, 0.8125, 0.453125, 0.23828125, 0.1220703125, 0.061767578125])
+    assert (epoch, fired) == (7, True)
+    assert detect_prune_epoch(paper_input(settling()), 0.3, 100)[1] == 5
+
+
+def test_authors_rule_fires_only_at_the_milestone_on_steady_steps():
+    # before the milestone every change equals d_2 (> τ = (1 − s)·d_2); after it 0.1·d_2,
+    # below τ when 1 − s > 0.1: at epoch 11, the first epoch at the lowered rate
+    seq = authors_input(ballistic_then_drop(milestone=10))
+    rule = authors_prune_epoch(seq, 1 - 0.6, 100)
+    assert rule["change"][3:11] == pytest.approx([rule["d"][2]] * 8)
+    assert (rule["prune_epoch"], rule["fired"]) == (11, True)
+    assert milestone_before(rule["prune_epoch"], [10, 15]) == 10
+    late = authors_prune_epoch(seq, 1 - 0.95, 100)  # 0.1·d_2 is not below 0.05·d_2: never fires
+    assert (late["prune_epoch"], late["fired"]) == (20, False)
+
+
+def test_paper_rule_fires_only_at_the_milestone_on_a_walk():
+    # Δ_t = t up to the milestone (ratio 1), then Δ grows by 0.01 an epoch (ratio 0.01)
+    ratio, epoch, fired = detect_prune_epoch(paper_input(orthogonal_walk(20, milestone=10)), 1 - 0.98, 100)
+    assert ratio[2:11] == pytest.approx([1.0] * 9) and ratio[11] == pytest.approx(0.01)
+    assert (epoch, fired) == (11, True) and milestone_before(epoch, [10]) == 10
+
+
+def test_random_walk_the_paper_ratio_never_fires_the_authors_rule_does():
+    walk = orthogonal_walk(40)
+    # ratio of squared distances: (t − (t−1)) / 1 = 1 at every epoch: never below 1 − s
+    ratio, epoch, fired = detect_prune_epoch(paper_input(walk), 1 - 0.6, 100)
+    assert ratio[2:] == pytest.approx([1.0] * 39) and (epoch, fired) == (40, False)
+    # d_t ∝ √(t − 1): change_t = √(t−1) − √(t−2) = 1 / (√(t−1) + √(t−2)), d_2 ∝ 1; below 1 − s
+    # when √(t−1) + √(t−2) > 1 / (1 − s): s = 0.8 -> 5, first at t = 8 (√7 + √6 = 5.10, √6 + √5 = 4.69)
+    rule = authors_prune_epoch(authors_input(walk), 1 - 0.8, 100)
+    assert rule["change"][3] == pytest.approx((2 ** 0.5 - 1) * rule["d"][2])
+    assert (rule["prune_epoch"], rule["fired"]) == (8, True)
+    # s = 0.9 -> 10: t = 27 (√26 + √25 = 10.10, √25 + √24 = 9.90)
+    assert authors_prune_epoch(authors_input(walk), 1 - 0.9, 100)["prune_epoch"] == 27
+
+
+def test_milestone_flag_and_bad_series():
+    assert [milestone_before(t, [15, 23]) for t in (15, 16, 17, 18, 24, 30)] == [None, 15, 15, None, 23, None]
+    with pytest.raises(UserError, match="epoch 2"):
+        authors_prune_epoch([(None, None), (0.0, 1.0)], 0.1, 100)
+    with pytest.raises(UserError, match="θ_1"):
+        authors_prune_epoch([(None, None), (0.0, 0.0), (0.0, 0.0)], 0.1, 100)
 
 
 def test_step_schedule():

@@ -157,8 +157,9 @@ def recompute_detection(history, ratio, eps, window):
 
 def test_detection_json_is_reproducible_from_bn_history(eb, tmp_path):
     det = json.loads((eb["res"] / "detection.json").read_text())
-    assert set(det) == {"eps", "window", "prunable_bns", "ratios"}
+    assert {"eps", "window", "prunable_bns", "ratios"} <= set(det)
     assert (det["eps"], det["window"], det["prunable_bns"]) == (0.1, 3, BNS)
+    assert (det["pool"], det["pool_bns"], det["pool_channels"]) == ("inner", BNS, 336)
     assert set(det["ratios"]) == {"0.3", "0.5"}
     history = torch.load(eb["dense"]["run"] / "bn_history.pt", weights_only=True)
     for key, ratio in (("0.3", 0.3), ("0.5", 0.5)):
@@ -200,6 +201,59 @@ def test_auto_ticket_epoch_and_retraining_from_scratch(tiny_dense, tmp_path):
         float(load_csv(out / "epoch_001" / "ratio_50" / "trajectory.csv")[0]["test_acc"]), abs=1e-3)
 
 
+def every_bn_gamma(dense_run, epochs):
+    """|γ| of every BatchNorm2d (model.modules() order), per epoch, from the saved checkpoints."""
+    out = []
+    for e in range(epochs + 1):
+        model, _ = load_checkpoint(dense_run / ("init.pt" if e == 0 else f"epoch_{e:03d}.pt"))
+        out.append(np.concatenate([m.weight.detach().double().abs().numpy() for m in model.modules()
+                                   if isinstance(m, torch.nn.BatchNorm2d)]))
+    return np.stack(out)
+
+
+def test_detector_pool_all_thresholds_every_batchnorm(tiny_dense, tmp_path):
+    # window 2, eps 0.02: the first epoch whose mask over all 784 channels (16 + 9·(c + c) + 32 + 64
+    # shortcut ones) is within 2% of the one before
+    run_script("early_bird.py", *TINY_DATA, "--dense-run", tiny_dense["run"], "--ratios", 0.3, 0.5,
+               "--eb-window", 2, "--eb-eps", 0.02, "--detector-pool", "all", "--detect-only",
+               "--results-dir", tmp_path)
+    det = json.loads((tmp_path / "early_bird_pool_all" / "detection.json").read_text())
+    gammas = every_bn_gamma(tiny_dense["run"], 3)
+    assert det["pool"] == "all" and det["pool_channels"] == gammas.shape[1] == 784
+    assert det["prunable_bns"] == BNS  # what is pruned stays the inner channels
+    for key, ratio in (("0.3", 0.3), ("0.5", 0.5)):
+        n_remove = int(round(ratio * 784))
+        masks = []
+        for row in gammas:
+            keep = np.ones(784, bool)
+            keep[np.argsort(row, kind="stable")[:n_remove]] = False
+            masks.append(keep)
+        md = [None] + [float(np.mean(masks[e] != masks[e - 1])) for e in range(1, 4)]
+        assert det["ratios"][key]["max_distance"] == pytest.approx(md, abs=1e-6)
+        assert det["ratios"][key]["eb_epoch"] == next((e for e, v in enumerate(md) if v is not None and v < 0.02), None)
+
+
+def test_retrain_schedule_remaining_continues_the_dense_schedule(tiny_dense, tmp_path):
+    ck, res = tmp_path / "checkpoints", tmp_path / "results"
+    tiny = ["--train-subset", 512, "--test-subset", 64, "--speed-batch", 8, "--speed-repeats", 1]
+    run_script("early_bird.py", *TINY_DATA, *tiny, "--dense-run", tiny_dense["run"], "--ticket-epochs", 1,
+               "--ratios", 0.5, "--retrain-from", "scratch", "--retrain-schedule", "remaining",
+               "--checkpoint-dir", ck, "--results-dir", res)
+    out = res / "early_bird_scratch_remaining"
+    traj = load_csv(out / "epoch_001" / "ratio_50" / "trajectory.csv")
+    dense = {r["epoch"]: r for r in load_csv(tiny_dense["results"] / "dense" / "trajectory.csv")}
+    # the dense run: 3 epochs, lr 0.1 then 0.01 after epoch 2; the ticket of epoch 1 trains 2 and 3
+    assert [t["epoch"] for t in traj] == ["1", "2", "3"]
+    assert [float(t["lr"]) for t in traj[1:]] == [float(dense["2"]["lr"]), float(dense["3"]["lr"])] == [0.1, 0.01]
+    row = load_csv(out / "summary.csv")[0]
+    assert (row["retrain_schedule"], row["retrain_epochs"], row["retrain_from"]) == ("remaining", "2", "scratch")
+    assert float(row["retrained_acc"]) == pytest.approx(float(traj[-1]["test_acc"]), abs=1e-3)
+    f = float(row["flops"]) / float(row["dense_flops"])
+    assert float(row["train_flops_ratio"]) == pytest.approx((1 + 2 * f) / 3, rel=1e-6)
+    _, final = load_checkpoint(ck / "early_bird_scratch_remaining" / "epoch_001" / "ratio_50" / "final.pt")
+    assert final["config"]["retrain_schedule"] == "remaining" and final["config"]["epochs"] == 2
+
+
 def call_main(capsys, *args):
     """Run early_bird.main in-process (fast) and return what a subprocess would show."""
     with pytest.raises(SystemExit) as exit_info:
@@ -218,6 +272,8 @@ def test_bad_inputs_exit_2_with_one_line(tiny_dense, tmp_path, capsys):
     assert_user_error(call_main(capsys, *out, "--dense-run", run, "--ticket-epochs", 9), "--ticket-epochs", "3 epochs")
     assert_user_error(call_main(capsys, *out, "--dense-run", run, "--eb-window", 1), "--eb-window")
     assert_user_error(call_main(capsys, *out, "--dense-run", run, "--eb-eps", 0), "--eb-eps")
+    assert_user_error(call_main(capsys, *out, "--dense-run", run, "--ticket-epochs", 3, "--retrain-schedule",
+                                "remaining"), "--retrain-schedule remaining", "below 3")
     # no Early-Bird epoch within 4 epochs of history at the default window 5
     assert_user_error(call_main(capsys, *out, "--dense-run", run, "--ticket-epochs", "auto"), "--ticket-epochs")
     broken = tmp_path / "checkpoints" / "dense"
@@ -230,3 +286,12 @@ def test_bad_inputs_exit_2_with_one_line(tiny_dense, tmp_path, capsys):
     (broken / "bn_history.pt").unlink()
     assert_user_error(call_main(capsys, *out, "--dense-run", broken), "bn_history.pt", "python train_dense.py")
     assert not (tmp_path / "res" / "early_bird" / "summary.csv").exists()
+
+
+def test_report_says_which_retraining_ran():
+    from utils.analysis.early_bird import _retraining
+    assert "a new full schedule from the initial learning rate (the paper's text)" in _retraining(
+        [{"retrain_from": "ticket"}])  # a summary.csv made before retrain_schedule: the full schedule
+    text = _retraining([{"retrain_from": "scratch", "retrain_schedule": "remaining"}])
+    assert "freshly initialised" in text and "epochs e+1 … E at the dense run's learning rates" in text
+    assert "(the authors' released code)" in text

@@ -42,15 +42,78 @@ def rule(trajectory, threshold, cap):
     return min(cap, len(delta) - 1), False
 
 
-def test_detection_follows_the_rule(ec):
+def authors_rule(dense_run, epochs, factor, cap):
+    """The authors' trainer's rule recomputed from the saved weights after every epoch: d_t =
+    ‖θ_t − θ_1‖₂ / ‖θ_1‖₂ over all parameters, τ = factor·d_2, the first t ≥ 3 with
+    |d_t − d_{t−1}| < τ, else the cap."""
+    flat = [torch.cat([p.detach().double().flatten() for p in model_from_checkpoint(
+        read_checkpoint(dense_run / f"epoch_{t:03d}.pt")).parameters()]) for t in range(1, epochs + 1)]
+    d = {t: float((flat[t - 1] - flat[0]).norm() / flat[0].norm()) for t in range(1, epochs + 1)}
+    tau = factor * d[2]
+    for t in range(3, min(cap, epochs) + 1):
+        if abs(d[t] - d[t - 1]) < tau:
+            return t, True
+    return min(cap, epochs), False
+
+
+def test_detection_follows_both_rules(ec):
     det = json.loads((ec["res"] / "detection.json").read_text())
     traj = load_csv(ec["dense"]["results"] / "dense" / "trajectory.csv")
+    assert det["detector"] == "authors"  # the default
     assert det["delta"] == pytest.approx([float(r["weight_distance"]) for r in traj])
     assert det["ratio"][:2] == [None, None] and len(det["ratio"]) == len(traj)
-    info = det["sparsities"]["0.9"]
-    assert info["threshold"] == pytest.approx(0.1)
-    assert (info["prune_epoch"], info["fired"]) == rule(traj, 0.1, 100)
-    assert f"sparsity 0.9 -> {info['prune_epoch']}" in ec["proc"].stdout
+    paper = det["rules"]["paper"]["sparsities"]["0.9"]
+    assert paper["threshold"] == pytest.approx(0.1)
+    assert (paper["prune_epoch"], paper["fired"]) == rule(traj, 0.1, 100)
+    authors = det["rules"]["authors"]["sparsities"]["0.9"]
+    assert (authors["prune_epoch"], authors["fired"]) == authors_rule(ec["dense"]["run"], 3, 0.1, 100)
+    assert det["sparsities"]["0.9"] == authors and det["milestones"] == [2]
+    assert f"sparsity 0.9 -> {authors['prune_epoch']}" in ec["proc"].stdout
+
+
+@pytest.fixture(scope="module")
+def dense6(tmp_path_factory, data_dir):
+    """A 6-epoch dense run on 256 images that saved every epoch, lr ×0.1 after epoch 4."""
+    root = tmp_path_factory.mktemp("dense6")
+    run_script("train_dense.py", *TINY_DATA, "--train-subset", 256, "--test-subset", 128, "--epochs", 6,
+               "--milestones", 4, "--batch-size", 64, "--save-epochs", *range(1, 7),
+               "--checkpoint-dir", root / "checkpoints", "--results-dir", root / "results")
+    return root
+
+
+def detect(root, *args):
+    proc = run_script("earlycrop.py", *TINY_DATA, "--train-subset", 256, "--sparsities", 0.3, 0.6, 0.9, 0.98,
+                      "--detect-only", "--checkpoint-dir", root / "checkpoints", "--results-dir",
+                      root / "results", *args)
+    return proc, json.loads((root / "results" / "earlycrop" / "detection.json").read_text())
+
+
+def test_authors_detector_matches_a_recomputation_from_every_saved_epoch(dense6, tmp_path):
+    proc, det = detect(dense6)
+    assert det["detector"] == "authors" and not (dense6 / "checkpoints" / "earlycrop" / "sparsity_90").exists()
+    for s in (0.3, 0.6, 0.9, 0.98):
+        info = det["sparsities"][f"{s:g}"]
+        assert (info["prune_epoch"], info["fired"]) == authors_rule(dense6 / "checkpoints" / "dense", 6, 1 - s, 100)
+        assert info["after_milestone"] == (4 if info["prune_epoch"] in (5, 6) else None)
+    # --detector paper: the paper's rule chooses, on the dense run's Δ_t
+    traj = load_csv(dense6 / "results" / "dense" / "trajectory.csv")
+    _, paper = detect(dense6, "--detector", "paper")
+    assert paper["detector"] == "paper" and paper["rules"]["authors"] == det["rules"]["authors"]
+    for s in (0.3, 0.6, 0.9, 0.98):
+        assert (paper["sparsities"][f"{s:g}"]["prune_epoch"], paper["sparsities"][f"{s:g}"]["fired"]) == \
+            rule(traj, 1 - s, 100)
+    # a dense run made before the distance columns: the same numbers through the checked replay
+    old = tmp_path / "old"
+    shutil.copytree(dense6 / "checkpoints" / "dense", old / "checkpoints" / "dense")
+    shutil.copytree(dense6 / "results" / "dense", old / "results" / "dense")
+    rows = load_csv(old / "results" / "dense" / "trajectory.csv")
+    columns = [c for c in rows[0] if c not in ("distance_from_epoch1", "norm_epoch1")]
+    save_csv(rows, old / "results" / "dense" / "trajectory.csv", columns)
+    proc, replayed = detect(old)
+    assert "replaying its first 6 epochs" in proc.stderr
+    for s in (0.3, 0.6, 0.9, 0.98):
+        assert replayed["sparsities"][f"{s:g}"] == det["sparsities"][f"{s:g}"]
+    assert replayed["d"] == pytest.approx(det["d"], rel=1e-5)
 
 
 def crop_reference(model, batches):
@@ -131,7 +194,7 @@ def test_final_weights_and_table(ec):
     rows = {r["method"]: r for r in load_csv(ec["res"] / "summary.csv")}
     header = (ec["res"] / "summary.csv").read_text().splitlines()[0]
     assert header == ("method,structured,sparsity,test_acc,weight_sparsity,node_sparsity,prune_epoch,"
-                      "train_seconds,batch_ms,peak_mem_mb,disk_mb,params,flops,source")
+                      "train_seconds,batch_ms,peak_mem_mb,disk_mb,params,flops,source,train_flops,train_flops_ratio")
     n_full, channels_full = 270896, 336  # ResNet-20: 3·16 + 3·32 + 3·64 inner channels
     for method in ("crop_u", "crop_s", "earlycrop_u", "earlycrop_s", "random_s"):
         row = rows[method]
@@ -158,6 +221,18 @@ def test_final_weights_and_table(ec):
     dense_part = sum(float(r["seconds"]) for r in traj[1:t + 1])
     own = json.loads((ec["res"] / "earlycrop_u" / "sparsity_90" / "summary.json").read_text())["seconds"]
     assert float(rows["earlycrop_u"]["train_seconds"]) > dense_part + own - 1e-3
+    # training FLOPs as Early-Bird counts them: t dense epochs, then E epochs at the row's FLOPs
+    f = float(rows["earlycrop_s"]["flops"]) / float(rows["dense"]["flops"])
+    assert 0 < f < 1
+    assert float(rows["earlycrop_s"]["train_flops_ratio"]) == pytest.approx(
+        (int(rows["earlycrop_s"]["prune_epoch"]) + 1 * f) / 3, rel=0.01)
+    assert float(rows["earlycrop_u"]["train_flops_ratio"]) == pytest.approx((t + 1) / 3, rel=0.01)  # masked: dense FLOPs
+    assert float(rows["dense"]["train_flops_ratio"]) == pytest.approx(1.0)
+    # every row counts its epochs 1…E as the dense row does (not the epoch-0 evaluation), plus scoring
+    own_traj = load_csv(ec["res"] / "crop_s" / "sparsity_90" / "trajectory.csv")
+    score = read_checkpoint(run_dir(ec, "crop_s") / "compact.pt")["score_seconds"]
+    assert float(rows["crop_s"]["train_seconds"]) == pytest.approx(
+        score + sum(float(r["seconds"]) for r in own_traj[1:]), rel=1e-4)
     # the dense row and the missing baselines with the command that makes them
     dense_summary = json.loads((ec["dense"]["results"] / "dense" / "summary.json").read_text())
     assert float(rows["dense"]["test_acc"]) == pytest.approx(dense_summary["test_acc"], abs=1e-3)

@@ -31,11 +31,21 @@ ROWS = [
 @pytest.fixture()
 def res(tmp_path):
     save_csv(ROWS, tmp_path / "earlycrop" / "summary.csv", SUMMARY_COLUMNS)
-    save_json({"delta": [0, 4, 6, 6.5, 6.6], "ratio": [None, None, 0.5, 0.125, 0.025], "prune_by": 4,
-               "prune_epoch_override": None,
-               "sparsities": {"0.9": {"threshold": 0.1, "prune_epoch": 4, "fired": True}}},
-              tmp_path / "earlycrop" / "detection.json")
+    save_json(DETECTION, tmp_path / "earlycrop" / "detection.json")
     return Results(tmp_path)
+
+
+# Worked by hand: d_2 = 0.2, so τ = 0.02 at s = 0.9 and 0.08 at s = 0.6; the authors' change first
+# drops below both at t = 4, just after the milestone at 3; the paper ratio first drops below 0.4
+# at t = 3 (0.125) and below 0.1 at t = 4 (0.025).
+AUTHORS = {"0.9": {"threshold": 0.02, "factor": 0.1, "prune_epoch": 4, "fired": True, "after_milestone": 3},
+           "0.6": {"threshold": 0.08, "factor": 0.4, "prune_epoch": 4, "fired": True, "after_milestone": 3}}
+PAPER = {"0.9": {"threshold": 0.1, "prune_epoch": 4, "fired": True, "after_milestone": 3},
+         "0.6": {"threshold": 0.4, "prune_epoch": 3, "fired": True, "after_milestone": None}}
+DETECTION = {"detector": "authors", "milestones": [3], "prune_by": 4, "prune_epoch_override": None,
+             "delta": [0, 4, 6, 6.5, 6.6], "ratio": [None, None, 0.5, 0.125, 0.025],
+             "d": [None, 0, 0.2, 0.35, 0.36], "change": [None, None, 0.2, 0.15, 0.01], "sparsities": AUTHORS,
+             "rules": {"authors": {"sparsities": AUTHORS}, "paper": {"sparsities": PAPER}}}
 
 
 def lines(ax):
@@ -57,11 +67,14 @@ def test_detector_figure(res):
     fig = fig_earlycrop_detector(res)
     delta_ax, ratio_ax = fig.axes[:2]
     assert list(delta_ax.get_lines()[0].get_ydata()) == [0, 4, 6, 6.5, 6.6]
-    ratio_line = lines(ratio_ax)["|Δ_t − Δ_{t−1}| / Δ_1"]
+    ratio_line = lines(ratio_ax)["|Δ_t − Δ_{t−1}| / Δ_1 (paper)"]
     assert list(ratio_line.get_xdata()) == [2, 3, 4] and list(ratio_line.get_ydata()) == [0.5, 0.125, 0.025]
-    assert list(lines(ratio_ax)["threshold 0.1 (sparsity 90%)"].get_ydata()) == [0.1, 0.1]
+    authors = lines(ratio_ax)["|d_t − d_{t−1}| / d_2 (authors)"]  # change_t / d_2 from t = 3
+    assert list(authors.get_xdata()) == [3, 4] and list(authors.get_ydata()) == pytest.approx([0.75, 0.05])
+    assert list(lines(ratio_ax)["threshold 0.1 (sparsity 90%)"].get_ydata()) == [0.1, 0.1]  # the factor
     assert any(list(ln.get_xdata()) == [4, 4] for ln in ratio_ax.get_lines())  # the prune epoch
-    assert "prune at epoch 4 (sparsity 90%, fired)" in lines(delta_ax)
+    assert any(list(ln.get_xdata()) == [3.5, 3.5] for ln in ratio_ax.get_lines())  # the lr drop after 3
+    assert "prune at epoch 4 (sparsity 90%, authors rule, fired)" in lines(delta_ax)
 
 
 def test_report_section(res, tmp_path):
@@ -80,10 +93,24 @@ def test_report_section(res, tmp_path):
             "Δ = -5.50 points, one seed") in text
     assert "EarlyCroP-S keeps 5.0% of the dense parameters and 25.0% of its FLOPs, 0.25x" in text
     assert "python prune_at_init.py --methods snip" in text  # a missing baseline names its command
-    assert "prune epoch 4 (the rule fired)" in text
+    assert ("sparsity 90%: authors' rule (|d_t − d_{t−1}| < (1 − s)·d_2, d_t = ‖θ_t − θ_1‖/‖θ_1‖) (used): epoch 4 "
+            "(fired at the learning-rate drop after epoch 3, not as the weights settled); paper rule") in text
+    assert "paper rule (|Δ_t − Δ_{t−1}| / Δ_1 < 1 − s, Δ_t = ‖θ_t − θ_0‖²): epoch 3 (the rule fired)" in text
     empty = Doc()
     section(empty, Results(tmp_path / "nothing"))
     assert "run python earlycrop.py" in " ".join(str(b[1]) for b in empty.blocks)
+
+
+def test_report_says_a_hand_set_prune_epoch_0_was_set_by_hand(tmp_path):
+    save_csv(ROWS, tmp_path / "earlycrop" / "summary.csv", SUMMARY_COLUMNS)
+    save_json(dict(DETECTION, prune_epoch_override=0), tmp_path / "earlycrop" / "detection.json")
+    doc = Doc()
+    section(doc, Results(tmp_path))
+    text = " ".join(" ".join(b[1]) if isinstance(b[1], list) else str(b[1]) for b in doc.blocks)
+    assert "every EarlyCroP run pruned at epoch 0, set by hand with --prune-epoch (not where a rule fired)" in text
+    assert "(used)" not in text
+    fig = fig_earlycrop_detector(Results(tmp_path))
+    assert "prune at epoch 0 (sparsity 90%, set by --prune-epoch)" in lines(fig.axes[0])
 
 
 def test_other_scripts_rows_are_found_with_their_costs(tmp_path):
@@ -91,7 +118,10 @@ def test_other_scripts_rows_are_found_with_their_costs(tmp_path):
     ck, res = tmp_path / "checkpoints", tmp_path / "results"
 
     def run(folder, acc, seconds):
-        save_json({"test_acc": acc, "seconds": seconds}, res / folder / "summary.json")
+        """A finished 2-epoch run: `seconds` in epochs 1-2, 7 more in its epoch-0 evaluation."""
+        save_json({"test_acc": acc, "seconds": seconds + 7, "epochs": 2}, res / folder / "summary.json")
+        save_csv([{"epoch": 0, "seconds": 7}, {"epoch": 1, "seconds": seconds / 2}, {"epoch": 2, "seconds": seconds / 2}],
+                 res / folder / "trajectory.csv")
         (ck / folder).mkdir(parents=True, exist_ok=True)
         (ck / folder / "final.pt").write_bytes(b"")
 
@@ -103,11 +133,17 @@ def test_other_scripts_rows_are_found_with_their_costs(tmp_path):
     for s, acc in (("50", 88.0), ("80", 86.0), ("90", 84.0)):
         run(f"lottery_rewind_010/imp/sparsity_{s}", acc, 100.0)
         run(f"lottery/imp/sparsity_{s}", acc - 10, 100.0)
+    save_csv([{"method": "snip", "ablation": "original", "sparsity": 0.9, "score_seconds": 3.0},
+              {"method": "snip", "ablation": "shuffle", "sparsity": 0.9, "score_seconds": 99.0}],
+             res / "prune_at_init" / "summary.csv")
     dense_rows = [{"epoch": str(e), "seconds": "10"} for e in range(5)]  # 4 epochs of 10 s
     found, missing = other_rows(0.9, ck, res, ck / "dense", dense_rows)
     rows = {r["method"]: r for r, _ in found}
     assert set(rows) == {"snip", "early_bird", "ltr"}
-    assert rows["snip"]["test_acc"] == 81.0 and rows["snip"]["train_seconds"] == 50.0
+    # every row: its scoring time and its epochs 1…E, as the dense row counts its own
+    assert rows["snip"]["test_acc"] == 81.0 and rows["snip"]["train_seconds"] == 3 + 50.0
+    assert rows["snip"]["epochs"] == (0, 2) and rows["early_bird"]["epochs"] == (2, 2)
+    assert rows["ltr"]["epochs"] == (4 + 3 * 2, 0)  # masked rounds compute at the dense FLOPs
     assert rows["early_bird"]["test_acc"] == 77.0 and rows["early_bird"]["prune_epoch"] == 2
     assert rows["early_bird"]["train_seconds"] == 2 * 10 + 30  # dense epochs to the ticket + retraining
     assert rows["ltr"]["test_acc"] == 84.0 and "lottery_rewind_010" in rows["ltr"]["source"]  # late rewinding

@@ -50,6 +50,13 @@ def test_outputs_follow_the_contract(tiny_dense):
         distance = sum(((w - w0[n]) ** 2).sum().item() for n, w in prunable_weights(model).items())
         assert float(rows[e]["weight_distance"]) == pytest.approx(distance, rel=1e-4)
     assert float(rows[0]["weight_distance"]) == 0.0
+    # ‖θ_e − θ_1‖₂ and ‖θ_1‖₂ over every parameter (EarlyCroP's authors' detector); blank at epoch 0
+    theta1 = torch.cat([p.detach().double().flatten() for p in load_checkpoint(run / "epoch_001.pt")[0].parameters()])
+    assert theta1.numel() == 272_474 and rows[0]["distance_from_epoch1"] == rows[0]["norm_epoch1"] == ""
+    for e in (1, 2, 3):
+        theta = torch.cat([p.detach().double().flatten() for p in load_checkpoint(run / f"epoch_{e:03d}.pt")[0].parameters()])
+        assert float(rows[e]["distance_from_epoch1"]) == pytest.approx(float((theta - theta1).norm()), rel=1e-4, abs=1e-9)
+        assert float(rows[e]["norm_epoch1"]) == pytest.approx(float(theta1.norm()), rel=1e-4)
     assert torch.equal(history["bn1"][0], torch.ones(16))  # γ starts at 1
     summary = load_json(res / "summary.json")
     assert summary["test_acc"] == pytest.approx(float(rows[-1]["test_acc"]), abs=1e-4)

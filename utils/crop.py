@@ -16,8 +16,14 @@ CroP-S gates: a multiplicative gate of ones per Task 4 channel (the inner channe
 residual block, `utils.channels`) on conv1's output before bn1, as forward hooks on a copy, so
 the network's state_dict and its forward value are unchanged (the gate is 1).
 
-The pruning time (EarlyCroP): with Δ_t = ‖θ_t − θ₀‖² (the dense run's `weight_distance`), prune
-at the first t ≥ 2 with |Δ_t − Δ_{t−1}| / Δ₁ < threshold; if none by `prune_by`, at `prune_by`.
+The pruning time (EarlyCroP), two rules; if a rule has not fired by `prune_by`, prune there:
+  authors (`authors_prune_epoch`, the authors' trainer): d_t = ‖θ_t − θ_1‖₂ / ‖θ_1‖₂ over every
+    parameter, θ_1 the weights after epoch 1 (so d_1 = 0); τ = factor · d_2, fixed at epoch 2;
+    prune at the first t ≥ 2 with |d_t − d_{t−1}| < τ (at t = 2 that is d_2 < factor · d_2,
+    never for factor < 1: in effect the first t ≥ 3). factor = 1 − sparsity.
+  paper (`detect_prune_epoch`, the paper's formula as this repository first read it): with
+    Δ_t = ‖θ_t − θ₀‖² over the Conv/Linear weights (the dense run's `weight_distance`), prune at
+    the first t ≥ 2 with |Δ_t − Δ_{t−1}| / Δ₁ < threshold.
 """
 import copy
 
@@ -167,3 +173,35 @@ def detect_prune_epoch(delta, threshold, prune_by):
         if ratio[t] < threshold:
             return ratio, t, True
     return ratio, last, False
+
+
+def authors_prune_epoch(distances, factor, prune_by):
+    """EarlyCroP's rule as the authors' trainer runs it, on [(‖θ_t − θ_1‖₂, ‖θ_1‖₂)] per epoch
+    (index = epoch; entry 0, before θ_1 exists, is ignored).
+
+    Returns {"d": [None, d_1, …], "change": [None, None, |d_2 − d_1|, …], "threshold": τ,
+    "prune_epoch": t, "fired": bool}; the search stops at `prune_by` (clamped to the last epoch).
+    """
+    if len(distances) < 3:
+        raise UserError("the dense run has fewer than 2 epochs; the authors' EarlyCroP rule fixes its "
+                        "threshold at epoch 2")
+    if not factor > 0:
+        raise UserError(f"--threshold must be > 0, got {factor}")
+    norm = distances[1][1]
+    if not norm > 0:
+        raise UserError(f"the dense run's ‖θ_1‖ is {norm}: the authors' rule divides by it")
+    d = [None] + [dist / n for dist, n in distances[1:]]
+    change = [None, None] + [abs(d[t] - d[t - 1]) for t in range(2, len(d))]
+    threshold = factor * d[2]
+    last = min(prune_by, len(d) - 1)
+    epoch = next((t for t in range(2, last + 1) if change[t] < threshold), None)
+    return {"d": d, "change": change, "threshold": threshold,
+            "prune_epoch": last if epoch is None else epoch, "fired": epoch is not None}
+
+
+def milestone_before(epoch, milestones, window=2):
+    """The learning-rate milestone m with m < epoch ≤ m + window (epoch is among the first
+    `window` epochs trained at the lowered rate), or None: a prune epoch there measures the
+    schedule, not the weights settling."""
+    hits = [m for m in milestones if 0 < epoch - m <= window]
+    return max(hits) if hits else None

@@ -6,7 +6,17 @@ channel adjustment. Two masks differ by their normalised Hamming distance (the f
 channels on which they disagree). As in the authors' code, the ticket has emerged at the first
 epoch e whose mask is within ε of each of the window − 1 masks before it:
 max_distance[e] = max over d(e, e−1) … d(e, e−window+1) < ε.
+
+The pool of channels the masks are drawn over: `inner` (default), the blocks' bn1 channels the
+pruning removes; `all`, every BatchNorm channel of the network, as the authors' code thresholds
+(784 in a ResNet-20 with B shortcuts, against 336 inner ones). The pruning itself always works
+on the inner channels.
+
+The authors' retraining (`--retrain-schedule remaining`): the ticket trains only the rest of the
+dense schedule, epochs e+1 … E at the learning rates the dense run had there
+(`remaining_recipe`), its trajectory rows numbered e … E (`EpochOffset`).
 """
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -15,6 +25,7 @@ from utils.channels import global_keep_mask, num_to_remove, prunable_bn_names
 from utils.errors import UserError
 from utils.experiment import pct_name
 from utils.io import load_torch, save_csv, save_json
+from utils.train import Callback
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward ≈ 3 forward passes (backward: grads of inputs and weights)
 
@@ -76,11 +87,23 @@ def check_detector(eps, window):
         raise UserError(f"--eb-eps must be > 0, got {eps}")
 
 
-def detect(history, ratios, eps=0.1, window=5):
+POOLS = ("inner", "all")
+
+
+def pool_names(history, pool):
+    """The BatchNorms whose |γ| the detector thresholds: the blocks' bn1 (`inner`) or every
+    BatchNorm of the history, in network order (`all`, the authors' code)."""
+    if pool not in POOLS:
+        raise UserError(f"--detector-pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    return prunable_bn_names(history) if pool == "inner" else list(history)
+
+
+def detect(history, ratios, eps=0.1, window=5, pool="inner"):
     """The detection.json dict and, per ratio, the full distance matrix (a tensor)."""
     check_detector(eps, window)
-    names = prunable_bn_names(history)
-    result = {"eps": eps, "window": window, "prunable_bns": names, "ratios": {}}
+    names = pool_names(history, pool)
+    result = {"eps": eps, "window": window, "prunable_bns": prunable_bn_names(history), "pool": pool,
+              "pool_bns": names, "pool_channels": sum(history[n].shape[1] for n in names), "ratios": {}}
     matrices = {}
     for r in ratios:
         dist = distance_matrix(epoch_masks(history, names, r))
@@ -151,3 +174,30 @@ def check_dense_checkpoints(dense_run, epochs, final_epoch, hint):
 
 def training_flops(epochs, images, forward_flops):
     return epochs * images * TRAIN_FLOPS_PER_FORWARD * forward_flops
+
+
+SCHEDULES = ("full", "remaining")
+
+
+def remaining_recipe(hp, dense_config, epoch):
+    """The recipe for epochs epoch+1 … E of the dense run: its lr and milestones shifted by
+    `epoch` (a milestone already passed counts from the start), E − epoch epochs; the other
+    settings (batch size, momentum, weight decay, precision) stay `hp`'s."""
+    final = int(dense_config["epochs"])
+    if not 0 <= epoch < final:
+        raise UserError(f"--retrain-schedule remaining: ticket epoch {epoch} leaves no epochs of the dense "
+                        f"run's {final} to train; pass ticket epochs below {final}")
+    milestones = tuple(max(int(m) - epoch, 0) for m in dense_config.get("milestones", hp.milestones))
+    return dataclasses.replace(hp, epochs=final - epoch, lr=float(dense_config.get("lr", hp.lr)),
+                               milestones=milestones)
+
+
+class EpochOffset(Callback):
+    """Trajectory rows numbered from `offset` (row k of the run is epoch offset + k of the
+    schedule it continues)."""
+
+    def __init__(self, offset):
+        self.offset = offset
+
+    def columns(self, run):
+        return {"epoch": run.epoch + self.offset}

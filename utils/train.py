@@ -10,7 +10,7 @@ again with the same command ends with the same weights and the same CSV (bar `se
 
 `train_run` is the loop; everything else plugs in as a small callback object (`Callback`): what
 to save when (`SaveCheckpoints`), the BatchNorm γ history (`BNHistory`), extra trajectory
-columns (`WeightDistance`, `ExtraMetrics`), batch perturbation for adversarial training
+columns (`WeightDistance`, `DistanceFromEpoch1`, `ExtraMetrics`), batch perturbation for adversarial training
 (`Perturb`). A callback may implement any of:
 
     columns(run) -> dict       extra trajectory columns of the row being recorded
@@ -413,6 +413,34 @@ class WeightDistance(Callback):
 
     def columns(self, run):
         return {"weight_distance": squared_distance(run.model, self.reference).item()}
+
+
+class DistanceFromEpoch1(Callback):
+    """The columns `distance_from_epoch1` = ‖θ_e − θ_1‖₂ and `norm_epoch1` = ‖θ_1‖₂ over every
+    parameter (weights, biases, BatchNorm γ and β; no buffers), θ_1 the weights after epoch 1:
+    what EarlyCroP's authors' code measures (blank at epoch 0, before θ_1 exists)."""
+
+    def __init__(self):
+        self.reference = None
+
+    def columns(self, run):
+        params = [p.detach().float() for p in run.model.parameters()]
+        if run.epoch == 1:
+            self.reference = [p.clone() for p in params]
+        if self.reference is None:
+            return {"distance_from_epoch1": None, "norm_epoch1": None}
+        self.reference = [r.to(p.device) for r, p in zip(self.reference, params)]  # after a resume: CPU
+        with torch.no_grad():
+            distance = torch.stack(torch._foreach_norm(torch._foreach_sub(params, self.reference)))
+            norm = torch.stack(torch._foreach_norm(self.reference))
+        return {"distance_from_epoch1": distance.double().square().sum().sqrt().item(),
+                "norm_epoch1": norm.double().square().sum().sqrt().item()}
+
+    def state_dict(self):
+        return None if self.reference is None else [t.cpu() for t in self.reference]
+
+    def load_state_dict(self, state):
+        self.reference = None if state is None else list(state)
 
 
 class ExtraMetrics(Callback):

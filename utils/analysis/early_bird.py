@@ -32,6 +32,7 @@ def section(doc, res):
         doc.table(Table("early_bird", "Task 4: test accuracy (%) of the fully trained original, of the channel-"
                         "pruned ticket before and after retraining, and the compact network's size" + seeds_caption(res),
                         cols, table_rows))
+        doc.p(_retraining(rows))
         doc.figure("early_bird_accuracy")
         doc.figure("early_bird_trajectories")
         doc.h2("Which ticket epoch is best, and is early better than late?")
@@ -68,6 +69,19 @@ def section(doc, res):
     verdict_table(doc, "early_bird", claims(res))
 
 
+def _retraining(rows):
+    """Which retraining the table's tickets had (summary.csv's retrain_from, retrain_schedule)."""
+    kinds = sorted({(str(r.get("retrain_from") or "ticket"), str(r.get("retrain_schedule") or "full")) for r in rows})
+    said = []
+    for start, schedule in kinds:
+        weights = "the ticket's own weights" if start == "ticket" else "the compact network freshly initialised"
+        plan = ("a new full schedule from the initial learning rate (the paper's text)" if schedule == "full" else
+                "only the rest of the dense schedule, epochs e+1 … E at the dense run's learning rates "
+                "(the authors' released code" + (")" if start == "scratch" else ", but from the ticket's weights)"))
+        said.append(f"{weights}, trained for {plan}")
+    return "Retraining: " + "; ".join(said) + ". train_flops_ratio prices that schedule."
+
+
 def _detected(res, key):
     """Per-seed detected epoch (None where the detector never fired) for the ratio `key` of
     detection.json, and the max distance there."""
@@ -93,8 +107,10 @@ def detection_section(doc, res, rows):
             return ["none", ""]
         return [", ".join("none" if e is None else str(e) for e, _ in found),
                 ", ".join("" if d is None else f"{d:.4f}" for _, d in found)]
-    doc.table(Table("detection", f"Early-Bird detector: first epoch whose channel mask stays within distance "
-                    f"{det.get('eps')} of the previous {int(det.get('window', 5)) - 1} masks"
+    pool = ("every BatchNorm channel (the authors' pool)" if det.get("pool") == "all"
+            else "the blocks' inner channels (the ones pruned)")
+    doc.table(Table("detection", f"Early-Bird detector: first epoch whose channel mask over {pool} stays within "
+                    f"distance {det.get('eps')} of the previous {int(det.get('window', 5)) - 1} masks"
                     + (f" (per seed: {', '.join(map(str, res.seeds))})" if res.multi_seed else ""),
                     ["channels pruned", "detected epoch", "max distance there"],
                     [[pct(float(k))] + cells(k) for k in keys]))

@@ -19,7 +19,8 @@ def _row(r):
             "-" if r.get("prune_epoch") is None else _epoch(r),
             _num(r.get("train_seconds"), "{:.0f}"), _num(r.get("batch_ms"), "{:.1f}"),
             _num(r.get("peak_mem_mb"), "{:.0f}"), _num(r.get("disk_mb"), "{:.2f}"),
-            _num(r.get("params"), "{:,.0f}"), _num(r.get("flops"), "{:.3g}")]
+            _num(r.get("params"), "{:,.0f}"), _num(r.get("flops"), "{:.3g}"),
+            _num(r.get("train_flops_ratio"), "{:.2f}x")]
 
 
 def _at(rows, method, s):
@@ -41,6 +42,42 @@ def _epoch(row):
     return "?" if e is None else f"{e:g}"
 
 
+RULES = {"authors": "authors' rule (|d_t − d_{t−1}| < (1 − s)·d_2, d_t = ‖θ_t − θ_1‖/‖θ_1‖)",
+         "paper": "paper rule (|Δ_t − Δ_{t−1}| / Δ_1 < 1 − s, Δ_t = ‖θ_t − θ_0‖²)"}
+
+
+def _pick(info):
+    """What one rule did at one sparsity, the learning-rate drop named where it fired just after one."""
+    if not info["fired"]:
+        return f"epoch {info['prune_epoch']} (never fired: the --prune-by cap)"
+    m = info.get("after_milestone")
+    if m is not None:
+        return (f"epoch {info['prune_epoch']} (fired at the learning-rate drop after epoch {m}, "
+                "not as the weights settled)")
+    return f"epoch {info['prune_epoch']} (the rule fired)"
+
+
+def _when(det):
+    """The bullets of 'When EarlyCroP pruned': per sparsity, the epoch each rule picks, which
+    one chose, or the hand-set --prune-epoch."""
+    rules = det.get("rules") or {"paper": {"sparsities": det.get("sparsities", {})}}  # older detection.json
+    chose = det.get("detector", "paper")
+    override = det.get("prune_epoch_override")
+    items = []
+    if override is not None:
+        items.append(f"every EarlyCroP run pruned at epoch {override}, set by hand with --prune-epoch "
+                     "(not where a rule fired); the rules would have picked:")
+    for k in sorted(det.get("sparsities", {}), key=float):
+        picks = []
+        for name in sorted(rules, key=lambda n: n != chose):
+            info = (rules[name].get("sparsities") or {}).get(k)
+            if info:
+                used = " (used)" if name == chose and override is None else ""
+                picks.append(f"{RULES.get(name, name)}{used}: {_pick(info)}")
+        items.append(f"sparsity {float(k):.0%}: " + "; ".join(picks))
+    return items
+
+
 def section(doc, res):
     _results(doc, res)
     verdict_table(doc, "earlycrop", claims(res))
@@ -55,12 +92,14 @@ def _results(doc, res):
         doc.p(f"No results yet (results/earlycrop/summary.csv): run {COMMAND}.")
         return
     doc.p("CroP scores each weight by |θ ⊙ Hg| (each channel by the gate derivative of gᵀg) on training "
-          "batches; EarlyCroP applies it at the dense epoch where ‖θ_t − θ_0‖² stops moving fast, then "
-          "trains on with the full recipe. Rows measured on one device: batch_ms is the fastest training "
-          "step, peak_mem_mb the CUDA peak of those steps (n/a on a CPU), disk_mb the saved size "
-          "(compact net, or masked tensors as CSR), train_seconds includes the dense epochs before pruning.")
+          "batches; EarlyCroP applies it at the dense epoch where the weights stop moving fast (see below "
+          "for the rule), then trains on with the full recipe. Rows measured on one device: batch_ms is the "
+          "fastest training step, peak_mem_mb the CUDA peak of those steps (n/a on a CPU), disk_mb the saved "
+          "size (compact net, or masked tensors as CSR); train_seconds counts the dense epochs before pruning, "
+          "the scoring and every epoch's training and evaluation; train FLOPs is the training's FLOPs over the "
+          "dense run's (dense epochs before pruning, the pruned network's after; masked weights count).")
     columns = ["method", "sparsity", "test acc", "weight sp.", "node sp.", "prune epoch", "train s",
-               "batch ms", "peak MB", "disk MB", "params", "FLOPs"]
+               "batch ms", "peak MB", "disk MB", "params", "FLOPs", "train FLOPs"]
     order = {m: i for i, m in enumerate(["dense"] + list(LABELS))}
     ordered = sorted(rows, key=lambda r: (r["method"] != "dense", r["sparsity"], order.get(r["method"], 99)))
     doc.table(Table("earlycrop", "EarlyCroP and baselines: last-epoch test accuracy (%), sparsities, cost, "
@@ -71,10 +110,7 @@ def _results(doc, res):
     doc.figure("earlycrop_accuracy")
     if det:
         doc.h2("When EarlyCroP pruned")
-        doc.bullets([f"sparsity {float(k):.0%}: threshold {v['threshold']:.3g}, prune epoch "
-                     f"{det.get('prune_epoch_override') or v['prune_epoch']} "
-                     f"({'the rule fired' if v['fired'] else 'the rule never fired: the --prune-by cap'})"
-                     for k, v in sorted(det.get("sparsities", {}).items(), key=lambda kv: float(kv[0]))])
+        doc.bullets(_when(det))
         doc.figure("earlycrop_detector")
 
     dense = next((r for r in rows if r["method"] == "dense"), None)
@@ -99,8 +135,10 @@ def _results(doc, res):
                              f"({LABELS.get(best['method'], best['method'])}, {acc(best['test_acc'])}%): {c.says()}")
             if a and dense:
                 c = compare(_acc(res, early, s), _acc(res, "dense"))
+                flops = (f" ({a['train_flops_ratio']:.2f}x its training FLOPs)"
+                         if isinstance(a.get("train_flops_ratio"), float) else "")
                 items.append(f"{s:.0%}: {LABELS[early]} costs {a['train_seconds'] / dense['train_seconds']:.2f}x the "
-                             f"dense run's training time; its accuracy against the dense run: {c.says()}")
+                             f"dense run's training time{flops}; its accuracy against the dense run: {c.says()}")
         a = _at(rows, "earlycrop_s", s)
         if a and dense and isinstance(a.get("params"), float):
             mem = (f", {a['peak_mem_mb'] / dense['peak_mem_mb']:.2f}x its training memory"

@@ -2,8 +2,10 @@
 
 `earlycrop_accuracy`: test accuracy against weight sparsity, one panel for the structured (-S)
 methods and one for the unstructured (-U) ones, the dense network as a line. `earlycrop_detector`:
-what the pruning-time detector saw: Δ_t = ‖θ_t − θ₀‖² and the ratio |Δ_t − Δ_{t−1}| / Δ₁ with
-each sparsity's threshold and prune epoch.
+what the pruning-time detectors saw: Δ_t = ‖θ_t − θ₀‖² (and d_t = ‖θ_t − θ_1‖/‖θ_1‖), the paper
+rule's ratio |Δ_t − Δ_{t−1}| / Δ₁ and the authors' rule's |d_t − d_{t−1}| / d_2, both against the
+same 1 − s, each sparsity's threshold and prune epoch (of the rule that chose), and the
+learning-rate milestones (a rule that fires just after one measures the schedule).
 """
 import matplotlib.pyplot as plt
 
@@ -55,26 +57,43 @@ def fig_earlycrop_detector(res):
     fig, (ax_d, ax_r) = plt.subplots(1, 2, figsize=(12, 4.5))
     epochs = list(range(len(det["delta"])))
     ax_d.plot(epochs, det["delta"], ".-", color="black")
-    ax_d.set(xlabel="dense training epoch t", ylabel="Δ_t = ‖θ_t − θ_0‖²", title="distance from the initialisation")
+    ax_d.set(xlabel="dense training epoch t", ylabel="Δ_t = ‖θ_t − θ_0‖²",
+             title="distance travelled (Δ_t from θ_0; d_t, gray, from θ_1)")
+    if det.get("d"):
+        twin = ax_d.twinx()
+        twin.plot(range(1, len(det["d"])), det["d"][1:], ".-", color="tab:gray", label="d_t = ‖θ_t − θ_1‖/‖θ_1‖")
+        twin.set_ylabel("d_t (gray)")
     ratio = det.get("ratio") or []
     xs = [t for t, v in enumerate(ratio) if v is not None]
-    ax_r.plot(xs, [ratio[t] for t in xs], ".-", color="black", label="|Δ_t − Δ_{t−1}| / Δ_1")
+    ax_r.plot(xs, [ratio[t] for t in xs], ".-", color="black", label="|Δ_t − Δ_{t−1}| / Δ_1 (paper)")
+    change = det.get("change") or []
+    d2 = det["d"][2] if det.get("d") and len(det["d"]) > 2 else None
+    xs = [t for t, v in enumerate(change) if v is not None and t >= 3]
+    if xs and d2:
+        ax_r.plot(xs, [change[t] / d2 for t in xs], ".-", color="tab:gray", label="|d_t − d_{t−1}| / d_2 (authors)")
+    for i, m in enumerate(det.get("milestones") or []):
+        for ax in (ax_d, ax_r):
+            ax.axvline(m + 0.5, color="tab:red", lw=3, alpha=0.25)
+        ax_r.plot([], [], color="tab:red", lw=3, alpha=0.25, label="lr ×0.1 after these epochs" if i == 0 else None)
     colors = plt.get_cmap("tab10")
+    rule = det.get("detector", "paper")
     for i, (key, info) in enumerate(sorted(det.get("sparsities", {}).items(), key=lambda kv: float(kv[0]))):
         c = colors(i)
-        ax_r.axhline(info["threshold"], color=c, ls=":", label=f"threshold {info['threshold']:.3g} "
-                     f"(sparsity {pct(float(key))})")
-        e = det.get("prune_epoch_override") or info["prune_epoch"]
-        how = "fired" if info["fired"] else "not fired: cap"
+        level = info.get("factor", info["threshold"])  # the authors' τ over d_2 is their factor
+        ax_r.axhline(level, color=c, ls=":", label=f"threshold {level:.3g} (sparsity {pct(float(key))})")
+        override = det.get("prune_epoch_override")
+        e = override if override is not None else info["prune_epoch"]
+        how = ("set by --prune-epoch" if override is not None else
+               f"{rule} rule, " + ("fired" if info["fired"] else "not fired: cap"))
         for ax in (ax_d, ax_r):
             ax.axvline(e, color=c, ls="--", alpha=0.7)
         ax_d.plot([], [], ls="--", color=c, label=f"prune at epoch {e} (sparsity {pct(float(key))}, {how})")
     ax_r.set_yscale("log")
-    ax_r.set(xlabel="dense training epoch t", ylabel="relative change of Δ", title="the detector's ratio")
+    ax_r.set(xlabel="dense training epoch t", ylabel="relative change", title="the detectors' series")
     for ax in (ax_d, ax_r):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("EarlyCroP: when do the weights stop moving fast? (prune at the first ratio below the threshold)"
+    fig.suptitle("EarlyCroP: when do the weights stop moving fast? (prune at the first change below the threshold)"
                  + (f" (seed {res.seeds[0]} of {len(res.seeds)})" if res.multi_seed else ""))
     fig.tight_layout()
     return fig
