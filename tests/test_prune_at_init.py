@@ -136,6 +136,51 @@ def test_grasp_hg_equals_torch_func_hessian_times_gradient():
     assert zeros_of(m) == reference_zeros(scores, round(0.5 * got.numel()), highest=False)
 
 
+def test_snip_with_pieces_averages_each_pieces_mean_gradient():
+    # 6 images in pieces of 4 and 2: ∂L/∂W = ½ (g₁ + g₂), each g the closed form on its piece
+    # (Synaptic-Flow accumulates one backward per batch); the pieces weigh equally, not by size
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3072, 3, bias=False))
+    batch = tiny_batch()
+    x, y = to_pixels(batch["images"]).reshape(6, -1), batch["labels"]
+    W = net[1].weight.detach()
+    closed = lambda x, y: (F.softmax(x @ W.T, 1) - F.one_hot(y, 3).float()).T @ x / len(y)  # noqa: E731
+    grad = (closed(x[:4], y[:4]) + closed(x[4:], y[4:])) / 2
+    torch.testing.assert_close(snip_scores(net, batch, batch_size=4)["1.weight"], (W * grad).abs(),
+                               rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(snip_scores(net, batch, batch_size=4)["1.weight"], snip_scores(net, batch)["1.weight"])
+    # one piece holding every image is the one-pass score
+    torch.testing.assert_close(snip_scores(net, batch, batch_size=6)["1.weight"], snip_scores(net, batch)["1.weight"])
+
+
+def test_grasp_with_pieces_averages_g_then_each_pieces_hessian_product():
+    # Wang et al.'s GraSP.py: g = the pieces' gradients together (detached), then Hg from each
+    # piece's ∂(gᵀ ∂L_piece/∂w)/∂w; here averaged, so the reference is mean_k H_k · mean_k g_k
+    net, batch = small_bn_net(), tiny_batch()
+    scores = grasp_scores(net, batch, batch_size=4)
+    names = list(prunable_weights(net))
+    shapes = [net.state_dict()[n].shape for n in names]
+    sizes = [s.numel() for s in shapes]
+    x, y = to_pixels(batch["images"]).contiguous(), batch["labels"]
+    ref = torch.func.replace_all_batch_norm_modules_(copy.deepcopy(net)).train()
+    fixed = {k: v.detach().clone() for k, v in ref.named_parameters() if k not in names}
+
+    def loss_on(xs, ys):
+        def loss_of(flat):
+            ws = {n: p.view(s) for n, p, s in zip(names, torch.split(flat, sizes), shapes)}
+            return F.cross_entropy(torch.func.functional_call(ref, {**fixed, **ws}, (xs,)) / 200, ys)
+        return loss_of
+
+    pieces = [loss_on(x[:4], y[:4]), loss_on(x[4:], y[4:])]
+    w0 = torch.cat([net.state_dict()[n].flatten() for n in names]).detach()
+    g = sum(torch.func.grad(f)(w0) for f in pieces) / 2
+    hg = sum(torch.func.hessian(f)(w0) @ g for f in pieces) / 2
+    got = torch.cat([scores[n].flatten() for n in names])
+    torch.testing.assert_close(got, -w0 * hg, rtol=1e-3, atol=1e-12)
+    one_pass = torch.cat([v.flatten() for v in grasp_scores(net, batch).values()])
+    assert not torch.allclose(got, one_pass, rtol=1e-3, atol=1e-12)  # the pieces' statistics differ
+
+
 def chain_net():
     """Normalize → Flatten → Linear(3072, 4) → Linear(4, 3), no biases: SynFlow in closed form."""
     torch.manual_seed(2)
@@ -313,7 +358,8 @@ def pai(tiny_dense, tmp_path_factory):
 def test_script_summary_and_files(pai):
     rows = load_csv(pai["res"] / "summary.csv")
     header = (pai["res"] / "summary.csv").read_text().splitlines()[0]
-    assert header == "method,ablation,sparsity,start_acc,final_acc,zeros,prunable,epochs,score_seconds"
+    assert header == ("method,ablation,sparsity,start_acc,final_acc,zeros,prunable,epochs,score_seconds,"
+                      "collapsed_layers,chosen_by_score")
     n = sum(w.numel() for w in prunable_weights(model_from_checkpoint(pai["init"])).values())
     keys = [(r["method"], r["ablation"], float(r["sparsity"])) for r in rows]
     assert keys == [("none", "original", 0.0)] + [(m, a, 0.9) for m in ("snip", "grasp", "synflow")
@@ -457,3 +503,44 @@ def test_figures_and_report_section_read_the_results(pai):
     doc = Doc()
     section(doc, empty)
     assert "run python prune_at_init.py" in " ".join(str(b[1]) for b in doc.blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer collapse is measured: inverted SynFlow empties the classifier, SynFlow and magnitude do not.
+
+@pytest.fixture(scope="module")
+def collapse_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("collapse")
+    run_script("prune_at_init.py", *TINY_DATA, "--train-subset", 64, "--test-subset", 64, "--epochs", 0,
+               "--milestones", "--sparsities", 0.3, 0.9, "--methods", "magnitude", "synflow",
+               "--ablations", "original", "invert", "--arch", "resnet20",  # SynFlow's 100 rounds
+               "--checkpoint-dir", root / "c", "--results-dir", root / "r")
+    return {"res": root / "r" / "prune_at_init", "ck": root / "c" / "prune_at_init"}
+
+
+def test_inverted_synflow_collapses_and_is_chosen_by_position(collapse_run):
+    res, ck = collapse_run["res"], collapse_run["ck"]
+    rows = {(r["method"], r["ablation"], float(r["sparsity"])): r for r in load_csv(res / "summary.csv")}
+    for method, ablation, s in rows:
+        folder = f"{method}/{ablation}/sparsity_{100 * s:g}"
+        summary = load_json(res / folder / "summary.json")
+        mask = load(ck / folder / "mask.pt")
+        empty = [n for n, m in mask.items() if int(m.sum()) == 0]  # observed on the saved mask
+        assert summary["collapsed_layers"] == empty
+        assert rows[method, ablation, s]["collapsed_layers"] == ";".join(empty)
+        assert float(rows[method, ablation, s]["chosen_by_score"]) == pytest.approx(summary["chosen_by_score"])
+    for s in (0.3, 0.9):
+        inverted = load_json(res / f"synflow/invert/sparsity_{100 * s:g}/summary.json")
+        assert "linear.weight" in inverted["collapsed_layers"] and inverted["classifier_collapsed"]
+    assert load_json(res / "synflow/invert/sparsity_90/summary.json")["chosen_by_score"] < 0.2
+    for method in ("synflow", "magnitude"):
+        summary = load_json(res / f"{method}/original/sparsity_90/summary.json")
+        assert summary["collapsed_layers"] == [] and not summary["classifier_collapsed"]
+        assert summary["chosen_by_score"] == pytest.approx(1.0, abs=1e-3)
+    # magnitude's share from its definition: removed |w| strictly below the smallest kept |w|
+    init = fresh_init_checkpoint("resnet20", 0)["model"]
+    mask = load(ck / "magnitude/original/sparsity_90/mask.pt")
+    w = torch.cat([init[n].abs().flatten() for n in mask])
+    keep = torch.cat([mask[n].flatten() for n in mask]) == 1
+    want = int((w[~keep] < w[keep].min()).sum()) / int((~keep).sum())
+    assert load_json(res / "magnitude/original/sparsity_90/summary.json")["chosen_by_score"] == pytest.approx(want)

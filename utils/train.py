@@ -132,6 +132,18 @@ def autocast(device, precision="auto"):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def strict_fp32(device):
+    """Plain fp32 arithmetic: no autocast, and on CUDA no TF32 in matmuls or cuDNN convolutions."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(torch.device(device).type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 COMPILE_MODES = ("auto", "on", "off")
 
 
