@@ -359,7 +359,7 @@ def test_script_summary_and_files(pai):
     rows = load_csv(pai["res"] / "summary.csv")
     header = (pai["res"] / "summary.csv").read_text().splitlines()[0]
     assert header == ("method,ablation,sparsity,start_acc,final_acc,zeros,prunable,epochs,score_seconds,"
-                      "collapsed_layers,chosen_by_score")
+                      "collapsed_layers,classifier_collapsed,chosen_by_score")
     n = sum(w.numel() for w in prunable_weights(model_from_checkpoint(pai["init"])).values())
     keys = [(r["method"], r["ablation"], float(r["sparsity"])) for r in rows]
     assert keys == [("none", "original", 0.0)] + [(m, a, 0.9) for m in ("snip", "grasp", "synflow")

@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from data import CLASSES, to_pixels
-from models import get_model, model_from_checkpoint, prunable_weights
+from models import classifier_weight_name, get_model, model_from_checkpoint, prunable_weights
 from models.resnet import Normalize
 from utils.errors import UserError
 from utils.experiment import pct_name
 from utils.io import load_csv, load_torch, save_csv, save_json
 from utils.lottery import reinitialised, write_mask
-from utils.pruning import (apply_mask, collapsed_layers, global_count_mask, global_score_mask,
-                           num_to_prune, sparsity_report)
+from utils.pruning import (apply_mask, global_count_mask, global_score_mask, mask_facts, num_to_prune,
+                           sparsity_report)
 from utils.train import (SummaryFields, checkpoint, cpu_generator, plan_run, seeded, strict_fp32,
                          train_run)
 
@@ -32,7 +32,7 @@ PRUNE_HIGHEST = {"grasp"}  # GraSP removes the weights whose removal reduces gra
 GRASP_TEMPERATURE = 200  # logits ÷ 200 before the loss, as Wang et al. and OpenLTH
 DENSE_METHOD = "none"  # the one shared sparsity-0 run
 SUMMARY_COLUMNS = ["method", "ablation", "sparsity", "start_acc", "final_acc", "zeros", "prunable",
-                   "epochs", "score_seconds", "collapsed_layers", "chosen_by_score"]
+                   "epochs", "score_seconds", "collapsed_layers", "classifier_collapsed", "chosen_by_score"]
 SCORE_BATCH_SIZE = 256  # Synaptic-Flow's --prune-batch-size: score images per piece
 RUN_OUTPUTS = ("mask.pt", "start.pt", "final.pt")  # what a finished run's folder holds
 
@@ -275,14 +275,15 @@ def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model
                      score_seconds, chosen_by_score=None, checkpoint_extra=None):
     """Train one masked subnetwork in its folders; return its summary.csv row.
 
-    summary.json records the mask's `collapsed_layers` and `chosen_by_score` (utils.pruning);
-    the row joins the empty layers' names with ";".
+    summary.json records the mask's `collapsed_layers`, `classifier_collapsed` and
+    `chosen_by_score` (utils.pruning); the row joins the empty layers' names with ";".
 
     checkpoints/<run>/<method>/<ablation>/sparsity_<s>/{mask.pt,start.pt,final.pt},
     results/<run>/…/{trajectory.csv,summary.json,sparsity_report.json}. A finished run is
     skipped and an interrupted one resumes with the mask.pt it started with (`plan_run` decides).
     """
     folder = run_folder(run_name, method, ablation, sparsity)
+    classifier = classifier_weight_name(model)
     ckpt_dir, results_dir = setup.checkpoint_dir / folder, setup.results_dir / folder
     config = run_config(config, method, ablation, sparsity)
     plan = plan_run(ckpt_dir, results_dir, config, RUN_OUTPUTS, setup.run.force)
@@ -302,14 +303,15 @@ def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model
         desc=f"{method} {ablation} {100 * sparsity:g}%",
         callbacks=[SummaryFields(chosen_by_score=chosen_by_score)], **setup.train_kwargs())
     report = sparsity_report(mask)
+    facts = mask_facts(mask, classifier)  # of the mask the run trained with
     chosen = summary.get("chosen_by_score", chosen_by_score)  # a finished run keeps its own
     save_json(report, results_dir / "sparsity_report.json")
     return {"method": method, "ablation": ablation, "sparsity": sparsity,
             "start_acc": summary["start_test_acc"], "final_acc": summary["test_acc"],
             "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"],
             "epochs": summary["epochs"], "score_seconds": score_seconds,
-            "collapsed_layers": ";".join(collapsed_layers(mask)),
-            "chosen_by_score": "" if chosen is None else chosen}
+            "collapsed_layers": ";".join(facts["collapsed_layers"]),
+            "classifier_collapsed": facts["classifier_collapsed"], "chosen_by_score": "" if chosen is None else chosen}
 
 
 def write_summary(rows, path):

@@ -186,9 +186,11 @@ def collapse_note(summary):
     """'' for a mask with no empty layer; otherwise the phrase every table and sentence uses in
     place of better/worse: "layer collapse (classifier empty): not a test of the score"."""
     empty = summary.get("collapsed_layers") or []
+    if isinstance(empty, str):  # a summary.csv cell: the names joined by ";"
+        empty = empty.split(";")
     if not empty:
         return ""
-    what = "classifier empty" if summary.get("classifier_collapsed") else \
+    what = "classifier empty" if summary.get("classifier_collapsed") in (True, "True") else \
         f"{len(empty)} layer{'s' if len(empty) > 1 else ''} empty"
     return f"layer collapse ({what}): {COLLAPSE_VERDICT}"
 
