@@ -11,7 +11,7 @@ from utils.errors import UserError
 from utils.io import load_json
 from utils.pruning import (ScoreChoice, apply_mask, chosen_by_score, collapse_note,
                            collapsed_layers, format_report, global_magnitude_mask,
-                           layerwise_chosen_by_score, layerwise_magnitude_mask,
+                           layerwise_magnitude_mask, magnitude_choice,
                            magnitude_mask_at_sparsity, mask_facts, random_mask_like,
                            sparsity_report, weights_fingerprint)
 from utils.train import SummaryFields, train_run
@@ -266,7 +266,12 @@ def test_layerwise_chosen_by_score_uses_each_layers_own_cut():
     scores = {"a": torch.tensor([0.5, 0.9]), "b": torch.tensor([0.1, 0.2])}
     mask = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 1.0])}
     assert chosen_by_score(scores, mask) == pytest.approx(1 / 2)
-    assert layerwise_chosen_by_score(scores, mask) == 1.0
+    assert ScoreChoice().add(scores, mask, layerwise=True).share == 1.0
+    # magnitude: |w| is the score; a layer-wise magnitude mask of tied |w| is half by position
+    weights = {"a": torch.tensor([-1.0, 1.0, 1.0, 3.0]), "b": torch.tensor([0.5, -2.0])}
+    mask = layerwise_magnitude_mask(weights, 0.5)  # a: two of three |w| tied at 1 go, by position
+    assert magnitude_choice(weights, mask, scope="layerwise").share == pytest.approx(1 / 3)
+    assert (magnitude_choice(weights, mask, scope="layerwise").decided, magnitude_choice(weights, mask).removed) == (1, 3)
 
 
 def test_train_run_summary_records_the_mask_collapse(tmp_path):

@@ -139,7 +139,12 @@ class ScoreChoice:
         self.decided = 0
         self.removed = 0
 
-    def add(self, scores, mask, before=None, prune_highest=False):
+    def add(self, scores, mask, before=None, prune_highest=False, layerwise=False):
+        """Count one selection (`layerwise`: one per layer, each with its own cut); returns self."""
+        if layerwise:
+            for n in mask:
+                self.add({n: scores[n]}, {n: mask[n]}, None if before is None else {n: before[n]}, prune_highest)
+            return self
         flat = torch.cat([scores[n].detach().double().cpu().flatten() for n in mask])
         keep = torch.cat([mask[n].detach().cpu().flatten() != 0 for n in mask])
         removed = ~keep
@@ -164,12 +169,12 @@ def chosen_by_score(scores, mask, prune_highest=False):
     return ScoreChoice().add(scores, mask, prune_highest=prune_highest).share
 
 
-def layerwise_chosen_by_score(scores, mask, before=None):
-    """`chosen_by_score` of a layer-wise selection: each layer's cut is its own."""
-    choice = ScoreChoice()
-    for n in mask:
-        choice.add({n: scores[n]}, {n: mask[n]}, None if before is None else {n: before[n]})
-    return choice.share
+def magnitude_choice(weights, mask, before=None, scope="global", choice=None):
+    """The `ScoreChoice` of a magnitude mask of `weights` (the removals `before` had not made):
+    |w| against the global cut, or each layer's own with scope "layerwise"; added to `choice`
+    when given (IMP's rounds), else a new one."""
+    choice = ScoreChoice() if choice is None else choice
+    return choice.add(_magnitude_scores(weights, before), mask, before, layerwise=scope == "layerwise")
 
 
 def mask_facts(mask, classifier=None):
