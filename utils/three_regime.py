@@ -41,7 +41,7 @@ REFERENCE_BATCH = 128  # the batch size the dense run's epochs are counted in
 BN_BATCH = 128  # BatchNorm statistics are re-estimated on batches of this size
 SUMMARY_COLUMNS = ["axis", "temperature", "density", "dense_acc", "pruned_acc", "pruned_acc_std",
                    "retrained_acc", "retrained_acc_std", "mc", "mc_std", "barrier", "barrier_std",
-                   "cka", "cka_std", "pairs", "regime"]
+                   "cka", "cka_std", "pairs", "regime", "collapsed_layers", "chosen_by_score"]
 REGIMES = ("I", "II-A", "II-B")
 
 
