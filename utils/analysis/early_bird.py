@@ -1,7 +1,8 @@
 """Task 4: which Early-Bird ticket epoch is best, is early better than late, and what does the
 detector pick? Every comparison pairs the numbers by seed and follows the report's noise rule
 (utils/noise.py); the best epoch is the one with the highest mean."""
-from utils.analysis.common import acc, acc_sd, compare, listing, missing, pct, seed_values, seeds_caption
+from utils.analysis.common import (acc, acc_sd, compare, listing, masks_paragraph, missing, pct, seed_values,
+                                   seeds_caption)
 from utils.document import Table
 
 
@@ -30,6 +31,7 @@ def section(doc, res):
         doc.table(Table("early_bird", "Task 4: test accuracy (%) of the fully trained original, of the channel-"
                         "pruned ticket before and after retraining, and the compact network's size" + seeds_caption(res),
                         cols, table_rows))
+        masks_paragraph(doc, rows, lambda r: f"epoch {int(r['ticket_epoch'])} ratio {pct(r['ratio'])}")
         doc.figure("early_bird_accuracy")
         doc.figure("early_bird_trajectories")
         doc.h2("Which ticket epoch is best, and is early better than late?")

@@ -1,6 +1,6 @@
 """Bonus: are pruned networks more robust, and what does adversarial training add? Every
 comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
-from utils.analysis.common import acc, acc_sd, compare, listing, pct, same, seeds_caption
+from utils.analysis.common import acc, acc_sd, compare, listing, masks_paragraph, pct, same, seeds_caption
 from utils.document import Table
 from utils.replicates import SUMMARY_KEYS
 
@@ -35,6 +35,7 @@ def section(doc, res):
                     ["model", "arch", "training", "sparsity", "clean", "FGSM", "PGD"],
                     [[str(r["model"]), str(r.get("arch")), str(r.get("training")), pct(r["sparsity"] or 0),
                       acc_sd(r, "clean_acc"), acc_sd(r, "fgsm_acc"), acc_sd(r, "pgd_acc")] for r in rows]))
+    masks_paragraph(doc, rows, lambda r: str(r["model"]))
     doc.figure("robustness")
     doc.h2("Are pruned networks more robust?")
     items = []

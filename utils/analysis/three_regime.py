@@ -2,7 +2,7 @@
 regimes.json only: the grid table, the best temperature per density, and whether heating (fewer
 dense epochs, or a smaller dense batch) helps at low density but hurts at high density. Every
 comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
-from utils.analysis.common import compare, seed_values, seeds_caption
+from utils.analysis.common import compare, masks_paragraph, seed_values, seeds_caption
 from utils.plots import pct
 from utils.document import Table
 from utils.three_regime import AXES, REGIMES
@@ -70,6 +70,7 @@ def section(doc, res):
             [[f"{r['temperature']:g}", pct(r["density"]), _f(r["dense_acc"]), _f(r["pruned_acc"]),
               f"{_f(r['retrained_acc'])} ± {_f(r.get('retrained_acc_std'))}", _f(r["mc"], 4),
               _f(r["barrier"], 4), _f(r["cka"], 4), r.get("regime") or ""] for r in rows]))
+        masks_paragraph(doc, rows, lambda r: f"{r['temperature']:g} / density {pct(r['density'])}")
         doc.figure(f"three_regime_{axis}")
         counts = {g: sum(r.get("regime") == g for r in rows) for g in REGIMES}
         cka_t = thresholds.get("cka_threshold")

@@ -9,7 +9,7 @@ follows the report's noise rule (utils/noise.py).
 import statistics
 
 from utils.plots.ticket_transfer import COMMAND, groups, kind, summary_rows
-from utils.analysis.common import acc, acc_sd, compare, listing, seeds_caption, signed, threshold
+from utils.analysis.common import acc, acc_sd, compare, listing, masks_paragraph, seeds_caption, signed, threshold
 from utils.document import Table
 
 EXPERIMENTS = {"imp", "data", "labels", "optimizer"}
@@ -139,6 +139,7 @@ def section(doc, res):
             doc.table(Table(f"ticket_transfer_{experiment}_{arch}_{side}",
                             f"{experiment} / {arch}, trained on {side}: test accuracy (%) after training, "
                             f"per IMP round (dense {acc(dense['final_acc'])}%)" + seeds_caption(res), columns, table_rows))
+            masks_paragraph(doc, g[key], lambda r: f"round {int(r['round'])} {r['ticket']} mask of {r['mask_from']}")
             doc.bullets(side_answers(rounds, seed_rounds(res, key)))
         figures = ["ticket_imp_accuracy", "ticket_imp_trajectories"] if experiment == "imp" else ["ticket_transfer"]
         for name in figures:
