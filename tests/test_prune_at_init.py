@@ -81,14 +81,22 @@ def test_random_and_magnitude_scores():
     assert all(torch.equal(magnitude_scores(w)[k], w[k].abs()) for k in w)
 
 
-def test_snip_is_w_times_the_closed_form_gradient():
+def linear_net_and_batch():
+    """A bias-free Linear(3072, 3) on the flattened tiny batch: (net, batch, x, y, W)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(3072, 3, bias=False))
     batch = tiny_batch()
-    x, y = to_pixels(batch["images"]).reshape(6, -1), batch["labels"]
-    W = net[1].weight.detach()
-    # ∂ mean CE / ∂W = (softmax(Wx) − onehot(y))ᵀ x / B
-    grad = (F.softmax(x @ W.T, 1) - F.one_hot(y, 3).float()).T @ x / len(y)
+    return net, batch, to_pixels(batch["images"]).reshape(6, -1), batch["labels"], net[1].weight.detach()
+
+
+def closed_form_grad(W, x, y):
+    """∂ mean CE / ∂W of the bias-free linear net: (softmax(Wx) − onehot(y))ᵀ x / B."""
+    return (F.softmax(x @ W.T, 1) - F.one_hot(y, 3).float()).T @ x / len(y)
+
+
+def test_snip_is_w_times_the_closed_form_gradient():
+    net, batch, x, y, W = linear_net_and_batch()
+    grad = closed_form_grad(W, x, y)
     scores = snip_scores(net, batch)
     assert list(scores) == ["1.weight"]
     torch.testing.assert_close(scores["1.weight"], (W * grad).abs(), rtol=1e-4, atol=1e-9)
@@ -101,6 +109,25 @@ def small_bn_net():
                          nn.Linear(32, 3))
 
 
+def grasp_reference(net):
+    """(loss_on, w0, names): loss_on(x, y) is the GraSP loss (logits ÷ 200) as a function of the
+    flattened prunable weights, with batch statistics as in train mode but without the
+    running-stat updates torch.func cannot trace; w0 the weights flattened."""
+    names = list(prunable_weights(net))
+    shapes = [net.state_dict()[n].shape for n in names]
+    sizes = [s.numel() for s in shapes]
+    ref = torch.func.replace_all_batch_norm_modules_(copy.deepcopy(net)).train()
+    fixed = {k: v.detach().clone() for k, v in ref.named_parameters() if k not in names}
+
+    def loss_on(x, y):
+        def loss_of(flat):
+            ws = {n: p.view(s) for n, p, s in zip(names, torch.split(flat, sizes), shapes)}
+            return F.cross_entropy(torch.func.functional_call(ref, {**fixed, **ws}, (x,)) / 200, y)
+        return loss_of
+
+    return loss_on, torch.cat([net.state_dict()[n].flatten() for n in names]).detach(), names
+
+
 def test_grasp_hg_equals_torch_func_hessian_times_gradient():
     net, batch = small_bn_net(), tiny_batch()
     buffers_before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -108,21 +135,8 @@ def test_grasp_hg_equals_torch_func_hessian_times_gradient():
     # the network scored is a copy: the caller's weights and BatchNorm buffers are untouched
     assert all(torch.equal(v, buffers_before[k]) for k, v in net.state_dict().items())
 
-    names = list(prunable_weights(net))
-    shapes = [net.state_dict()[n].shape for n in names]
-    sizes = [s.numel() for s in shapes]
-    x, y = to_pixels(batch["images"]).contiguous(), batch["labels"]
-    # the reference: batch statistics as in train mode, without the running-stat updates
-    # torch.func cannot trace
-    ref = torch.func.replace_all_batch_norm_modules_(copy.deepcopy(net)).train()
-    fixed = {k: v.detach().clone() for k, v in ref.named_parameters() if k not in names}
-
-    def loss_of(flat):
-        ws = {n: p.view(s) for n, p, s in zip(names, torch.split(flat, sizes), shapes)}
-        out = torch.func.functional_call(ref, {**fixed, **ws}, (x,))
-        return F.cross_entropy(out / 200, y)
-
-    w0 = torch.cat([net.state_dict()[n].flatten() for n in names]).detach()
+    loss_on, w0, names = grasp_reference(net)
+    loss_of = loss_on(to_pixels(batch["images"]).contiguous(), batch["labels"])
     g = torch.func.grad(loss_of)(w0)
     hessian = torch.func.hessian(loss_of)(w0)
     want = -w0 * (hessian @ g)
@@ -139,13 +153,8 @@ def test_grasp_hg_equals_torch_func_hessian_times_gradient():
 def test_snip_with_pieces_averages_each_pieces_mean_gradient():
     # 6 images in pieces of 4 and 2: ∂L/∂W = ½ (g₁ + g₂), each g the closed form on its piece
     # (Synaptic-Flow accumulates one backward per batch); the pieces weigh equally, not by size
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3072, 3, bias=False))
-    batch = tiny_batch()
-    x, y = to_pixels(batch["images"]).reshape(6, -1), batch["labels"]
-    W = net[1].weight.detach()
-    closed = lambda x, y: (F.softmax(x @ W.T, 1) - F.one_hot(y, 3).float()).T @ x / len(y)  # noqa: E731
-    grad = (closed(x[:4], y[:4]) + closed(x[4:], y[4:])) / 2
+    net, batch, x, y, W = linear_net_and_batch()
+    grad = (closed_form_grad(W, x[:4], y[:4]) + closed_form_grad(W, x[4:], y[4:])) / 2
     torch.testing.assert_close(snip_scores(net, batch, batch_size=4)["1.weight"], (W * grad).abs(),
                                rtol=1e-4, atol=1e-9)
     assert not torch.allclose(snip_scores(net, batch, batch_size=4)["1.weight"], snip_scores(net, batch)["1.weight"])
@@ -158,21 +167,9 @@ def test_grasp_with_pieces_averages_g_then_each_pieces_hessian_product():
     # piece's ∂(gᵀ ∂L_piece/∂w)/∂w; here averaged, so the reference is mean_k H_k · mean_k g_k
     net, batch = small_bn_net(), tiny_batch()
     scores = grasp_scores(net, batch, batch_size=4)
-    names = list(prunable_weights(net))
-    shapes = [net.state_dict()[n].shape for n in names]
-    sizes = [s.numel() for s in shapes]
+    loss_on, w0, names = grasp_reference(net)
     x, y = to_pixels(batch["images"]).contiguous(), batch["labels"]
-    ref = torch.func.replace_all_batch_norm_modules_(copy.deepcopy(net)).train()
-    fixed = {k: v.detach().clone() for k, v in ref.named_parameters() if k not in names}
-
-    def loss_on(xs, ys):
-        def loss_of(flat):
-            ws = {n: p.view(s) for n, p, s in zip(names, torch.split(flat, sizes), shapes)}
-            return F.cross_entropy(torch.func.functional_call(ref, {**fixed, **ws}, (xs,)) / 200, ys)
-        return loss_of
-
     pieces = [loss_on(x[:4], y[:4]), loss_on(x[4:], y[4:])]
-    w0 = torch.cat([net.state_dict()[n].flatten() for n in names]).detach()
     g = sum(torch.func.grad(f)(w0) for f in pieces) / 2
     hg = sum(torch.func.hessian(f)(w0) @ g for f in pieces) / 2
     got = torch.cat([scores[n].flatten() for n in names])
