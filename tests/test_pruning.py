@@ -9,11 +9,11 @@ from models import prunable_weights
 from utils.config import TrainConfig
 from utils.errors import UserError
 from utils.io import load_json
-from utils.pruning import (ScoreChoice, apply_mask, chosen_by_score, collapse_note,
-                           collapsed_layers, format_report, global_magnitude_mask,
-                           layerwise_magnitude_mask, magnitude_choice,
-                           magnitude_mask_at_sparsity, mask_facts, random_mask_like,
-                           sparsity_report, weights_fingerprint)
+from utils.plots.common import collapse_note
+from utils.pruning import (ScoreChoice, apply_mask, chosen_by_score, collapsed_layers, format_report,
+                           global_magnitude_mask, layerwise_magnitude_mask, magnitude_choice,
+                           magnitude_mask_at_sparsity, mask_facts, random_mask_like, sparsity_report,
+                           weights_fingerprint)
 from utils.train import SummaryFields, train_run
 
 SPARSITIES = [0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 0.95]

@@ -10,6 +10,7 @@ BatchNorm parameters and biases are never candidates.
 Two facts tell a degenerate mask from a test of its score (`mask_facts`): the layers it leaves
 empty (`collapsed_layers`; an empty classifier makes the network a constant whatever else is
 kept) and `chosen_by_score`, the share of removed weights the score decided (`ScoreChoice`).
+How reports word a collapsed mask is `utils.plots.common.collapse_note` (no torch there).
 """
 import hashlib
 
@@ -182,22 +183,6 @@ def mask_facts(mask, classifier=None):
     (`classifier`, the output layer's weight name, among them)."""
     empty = collapsed_layers(mask)
     return {"collapsed_layers": empty, "classifier_collapsed": classifier is not None and classifier in empty}
-
-
-COLLAPSE_VERDICT = "not a test of the score"
-
-
-def collapse_note(summary):
-    """'' for a mask with no empty layer; otherwise the phrase every table and sentence uses in
-    place of better/worse: "layer collapse (classifier empty): not a test of the score"."""
-    empty = summary.get("collapsed_layers") or []
-    if isinstance(empty, str):  # a summary.csv cell: the names joined by ";"
-        empty = empty.split(";")
-    if not empty:
-        return ""
-    what = "classifier empty" if summary.get("classifier_collapsed") in (True, "True") else \
-        f"{len(empty)} layer{'s' if len(empty) > 1 else ''} empty"
-    return f"layer collapse ({what}): {COLLAPSE_VERDICT}"
 
 
 def random_mask_like(mask, generator):

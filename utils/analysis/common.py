@@ -7,7 +7,7 @@ difference of two means alone. Tables show means (with ± sd over seeds: `acc_sd
 """
 from utils.noise import compare, listing, threshold  # noqa: F401  (re-exported for the sections)
 from utils.plots.common import arch_label, pct  # noqa: F401  (re-exported for the sections)
-from utils.pruning import collapse_note
+from utils.plots.common import collapse_note
 from utils.replicates import sd_of
 
 # How far below the dense accuracy still counts as "matching" it (a ticket, a retrained net).

@@ -12,7 +12,7 @@ from utils.plots import pct
 from utils.plots.prune_at_init import METHOD_NAMES, METHODS, RUN, dense_accuracy, select, summary_rows
 from utils.analysis.common import acc, acc_sd, compare, listing, same, seed_values, seeds_caption, threshold
 from utils.document import Table
-from utils.pruning import collapse_note
+from utils.plots.common import collapse_note
 
 # An ablation "keeps" the accuracy when it ends no more than this many points below the original;
 # inversion "lowers" it when it ends more than this many points below (the report's MATCH_POINTS).

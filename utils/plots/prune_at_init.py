@@ -10,8 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from utils.plots import FigureSpec, pct
-from utils.plots.common import errorbar, hline, seeds_note
-from utils.pruning import collapse_note
+from utils.plots.common import errorbar, hline, mark_collapse, seeds_note
 
 RUN = "prune_at_init"
 METHODS = ("magnitude", "snip", "grasp", "synflow", "random")
@@ -43,23 +42,6 @@ def dense_accuracy(rows):
     return hit["final_acc"] if hit else None
 
 
-def mark_collapse(ax, rows):
-    """A black ✕ on every point whose mask left a layer empty, with its chosen_by_score: those
-    runs are not a test of their score."""
-    hit = [r for r in rows if collapse_note(r)]
-    if not hit:
-        return
-    labels = {h.get_label() for h in ax.get_legend_handles_labels()[0]}
-    label = "layer collapse: not a test of the score"
-    ax.scatter([100 * r["sparsity"] for r in hit], [r["final_acc"] for r in hit], marker="x", s=90,
-               color="black", zorder=5, label=None if label in labels else label)
-    for r in hit:
-        chosen = r.get("chosen_by_score")
-        if isinstance(chosen, float):
-            ax.annotate(f"by score {chosen:.2f}", (100 * r["sparsity"], r["final_acc"]), fontsize=6,
-                        xytext=(3, -9), textcoords="offset points")
-
-
 def fig_ablations(res):
     rows = summary_rows(res)
     methods = [m for m in METHODS if any(r.get("method") == m for r in rows)]
@@ -77,7 +59,7 @@ def fig_ablations(res):
             sub = select(rows, method, ablation)
             if sub:
                 errorbar(ax, sub, [100 * r["sparsity"] for r in sub], "final_acc", style, color=color, label=label)
-                mark_collapse(ax, sub)
+                mark_collapse(ax, sub, "final_acc")
         if random_rows and method != "random":
             errorbar(ax, random_rows, [100 * r["sparsity"] for r in random_rows], "final_acc", "x:",
                      color="tab:gray", label="random pruning at init")
