@@ -157,7 +157,8 @@ def test_snip_with_pieces_averages_each_pieces_mean_gradient():
     grad = (closed_form_grad(W, x[:4], y[:4]) + closed_form_grad(W, x[4:], y[4:])) / 2
     torch.testing.assert_close(snip_scores(net, batch, batch_size=4)["1.weight"], (W * grad).abs(),
                                rtol=1e-4, atol=1e-9)
-    assert not torch.allclose(snip_scores(net, batch, batch_size=4)["1.weight"], snip_scores(net, batch)["1.weight"])
+    assert not torch.allclose(snip_scores(net, batch, batch_size=4)["1.weight"],
+                              snip_scores(net, batch)["1.weight"])
     # one piece holding every image is the one-pass score
     torch.testing.assert_close(snip_scores(net, batch, batch_size=6)["1.weight"], snip_scores(net, batch)["1.weight"])
 

@@ -311,7 +311,8 @@ def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model
             "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"],
             "epochs": summary["epochs"], "score_seconds": score_seconds,
             "collapsed_layers": ";".join(facts["collapsed_layers"]),
-            "classifier_collapsed": facts["classifier_collapsed"], "chosen_by_score": "" if chosen is None else chosen}
+            "classifier_collapsed": facts["classifier_collapsed"],
+            "chosen_by_score": "" if chosen is None else chosen}
 
 
 def write_summary(rows, path):

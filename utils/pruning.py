@@ -144,7 +144,8 @@ class ScoreChoice:
         """Count one selection (`layerwise`: one per layer, each with its own cut); returns self."""
         if layerwise:
             for n in mask:
-                self.add({n: scores[n]}, {n: mask[n]}, None if before is None else {n: before[n]}, prune_highest)
+                self.add({n: scores[n]}, {n: mask[n]}, None if before is None else {n: before[n]},
+                         prune_highest)
             return self
         flat = torch.cat([scores[n].detach().double().cpu().flatten() for n in mask])
         keep = torch.cat([mask[n].detach().cpu().flatten() != 0 for n in mask])
