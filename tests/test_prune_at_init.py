@@ -542,3 +542,49 @@ def test_inverted_synflow_collapses_and_is_chosen_by_position(collapse_run):
     keep = torch.cat([mask[n].flatten() for n in mask]) == 1
     want = int((w[~keep] < w[keep].min()).sum()) / int((~keep).sum())
     assert load_json(res / "magnitude/original/sparsity_90/summary.json")["chosen_by_score"] == pytest.approx(want)
+
+
+def test_report_calls_a_collapsed_comparison_no_test_of_the_score(collapse_run):
+    import matplotlib.pyplot as plt
+
+    from utils.analysis.prune_at_init import section
+    from utils.document import Doc
+    from utils.plots import Results
+    from utils.plots.prune_at_init import fig_ablations
+
+    res = Results(collapse_run["res"].parent)
+    doc = Doc()
+    section(doc, res)
+    text = " ".join(str(b[1]) for b in doc.blocks)
+    # the invert ablation of SynFlow is no comparison at either sparsity; magnitude's still is
+    assert ("SynFlow: invert: 30%: layer collapse (classifier empty): not a test of the score; "
+            "90%: layer collapse (classifier empty): not a test of the score") in text
+    assert "magnitude: invert changes it" in text
+    assert "found inverted SynFlow as accurate as the original; that is not a result to agree with" in text
+    masks = {(r[0], r[1]): r for r in doc.tables["prune_at_init_masks"].rows}
+    inverted = load_json(collapse_run["res"] / "synflow/invert/sparsity_90/summary.json")
+    assert masks["SynFlow", "90%"][5] == (f"{inverted['chosen_by_score']:.3f}, classifier + "
+                                          f"{len(inverted['collapsed_layers']) - 1} empty")
+    assert masks["SynFlow", "90%"][2] == masks["magnitude", "90%"][2] == "1.000"
+    fig = fig_ablations(res)
+    assert "layer collapse: not a test of the score" in fig.axes[1].get_legend_handles_labels()[1]
+    plt.close(fig)
+
+
+def test_snip_and_grasp_score_with_tf32_off_and_restore_it():
+    # cuDNN's default TF32 convolutions would change the scores on a GPU: every forward pass of a
+    # scoring runs with TF32 off, and the caller's settings come back afterwards
+    net, batch = small_bn_net(), tiny_batch()
+    seen = []
+    net[0].register_forward_hook(lambda *_: seen.append(
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        snip_scores(net, batch)
+        grasp_scores(net, batch, batch_size=4)
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert len(seen) == 1 + 4 and set(seen) == {(False, False)}
+    assert after == (True, True)
