@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from models import count_params, load_checkpoint, get_model, model_from_checkpoint, read_checkpoint
-from utils.channels import (block_gammas, compact_model, count_flops, forward_seconds,
-                            prunable_bn_names, select_channels)
+from utils.channels import (block_gammas, channel_chosen_by_score, compact_model, count_flops,
+                            forward_seconds, prunable_bn_names, select_channels)
 from utils.dense_run import dense_weights_at
 from utils.early_bird import (POOLS, SCHEDULES, EpochOffset, check_dense_checkpoints, check_detector,
                               dense_checkpoint, dense_hint, detect, load_bn_history, parse_ticket_epochs,
@@ -36,7 +36,7 @@ from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import load_csv, load_json, save_csv, save_json
 from utils.pruning import weights_fingerprint
-from utils.train import evaluate, plan_run, seeded, train_run
+from utils.train import SummaryFields, evaluate, plan_run, seeded, train_run
 
 CIFAR10_TRAIN_IMAGES = 50000  # images per dense epoch when the dense run used them all
 SUMMARY_COLUMNS = [
@@ -44,7 +44,8 @@ SUMMARY_COLUMNS = [
     "dense_epoch_acc", "start_acc", "retrain_from", "channels_kept", "channels_total",
     "forced_channels", "dense_params", "dense_flops", "params_ratio", "flops_ratio",
     "train_flops", "dense_train_flops", "train_flops_ratio", "dense_forward_ms",
-    "forward_ms", "speedup", "speed_device", "retrain_schedule", "retrain_epochs"]
+    "forward_ms", "speedup", "speed_device", "retrain_schedule", "retrain_epochs", "collapsed_layers",
+    "chosen_by_score"]
 
 
 TICKET_OUTPUTS = ("compact.pt", "final.pt")
@@ -186,7 +187,11 @@ def main(argv=None):
             dense_epoch_acc = evaluate(ticket_model, setup.test, precision=precision)[1]
             # the ticket's identity: the weights it is drawn from, wherever the folder lies
             dense_sha256 = weights_fingerprint(ticket_ckpt["model"])
-        selection = select_channels(block_gammas(ticket_model), ratio)
+        gammas = block_gammas(ticket_model)
+        selection = select_channels(gammas, ratio)
+        # every block keeps a channel (no layer collapses); chosen_by_score: the share of removed
+        # channels whose |γ| was below the lowest kept one, not a tie at it
+        chosen = channel_chosen_by_score(gammas, selection)
         widths = selection.widths
         compact = compact_model(ticket_model, selection.keep)
         pruned_acc = evaluate(compact, setup.test, precision=precision)[1]
@@ -222,6 +227,7 @@ def main(argv=None):
             callbacks=[EpochOffset(offset)] if offset else (),
             save_as=[(0, "compact.pt"), (hp.epochs, "final.pt")], outputs=TICKET_OUTPUTS,
             checkpoint_extra={"widths": widths, "channels": channels},
+            callbacks=[SummaryFields(collapsed_layers=[], chosen_by_score=chosen)],
             desc=f"epoch {epoch} ratio {ratio:g}", **setup.train_kwargs())
         dense_s, compact_s = speed["dense_forward_ms"] / 1e3, speed["forward_ms"] / 1e3
 
@@ -239,7 +245,8 @@ def main(argv=None):
             "train_flops_ratio": train_flops / dense_train_flops,
             "dense_forward_ms": 1e3 * dense_s, "forward_ms": 1e3 * compact_s,
             "speedup": dense_s / compact_s, "speed_device": speed["speed_device"],
-            "retrain_schedule": args.retrain_schedule, "retrain_epochs": hp.epochs})
+            "retrain_schedule": args.retrain_schedule, "retrain_epochs": hp.epochs,
+            "collapsed_layers": "", "chosen_by_score": summary.get("chosen_by_score", chosen)})
         save_csv(merge_rows(res_root / "summary.csv", rows), res_root / "summary.csv", SUMMARY_COLUMNS)
         print(f"epoch {epoch} ratio {ratio:g}: pruned {pruned_acc:.2f}% -> retrained "
               f"{summary['test_acc']:.2f}% (dense {dense_acc:.2f}%), {params / dense_params:.2f}x params, "

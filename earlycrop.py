@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from models import model_from_checkpoint, read_checkpoint
-from utils.channels import compact_model, count_flops, prunable_bn_names, select_channels
+from utils.channels import channel_chosen_by_score, compact_model, count_flops, prunable_bn_names, select_channels
 from utils.crop import (channel_gate_scores, crop_scores, draw_score_batches,
                         random_channel_scores, score_batches_on, score_mask, step_schedule)
 from utils.dense_run import dense_distances_from_epoch1, dense_trajectory, dense_weights_at
@@ -32,8 +32,8 @@ from utils.earlycrop import (own_row, AT_INIT, DETECTORS, MEASURED, METHODS, STR
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import _fmt, load_csv, load_json, save_csv, save_json, save_torch
-from utils.pruning import apply_mask, weights_fingerprint
-from utils.train import checkpoint, plan_run, select_device, train_run
+from utils.pruning import ScoreChoice, apply_mask, weights_fingerprint
+from utils.train import SummaryFields, checkpoint, plan_run, select_device, train_run
 
 
 def parse_args(argv):
@@ -195,19 +195,24 @@ def main(argv=None):
                     save_torch(dict(zip(names, scores)), ck_dir / "scores.pt")
                     save_torch(checkpoint(model, arch, 0, config, **extra), ck_dir / "compact.pt")
                     mask = None
+                    chosen = channel_chosen_by_score(scores, selection)
                 else:
                     mask = None  # earlycrop_u: the code's steps, re-scored each; crop_u: one step
+                    choice = ScoreChoice()  # each step's removals against its own cut (utils.pruning)
                     for step in (step_schedule(s) if method == "earlycrop_u" else [s]):
                         scores = crop_scores(model, batches, mask)
-                        mask = score_mask(scores, step, mask)
+                        before, mask = mask, score_mask(scores, step, mask)
+                        choice.add(scores, mask, before)
                         apply_mask(model, mask)
                     extra = {"score_seconds": time.perf_counter() - t0}
+                    chosen = choice.share
                     save_torch(scores, ck_dir / "scores.pt")
                     save_torch(mask, ck_dir / "mask.pt")
                 train_run(model, setup.train, setup.test, setup.hp, arch=arch, config=config, seed=seed,
                           ckpt_dir=ck_dir, results_dir=res_dir, force=plan.fresh, mask=mask, outputs=outputs,
                           save_as=[(0, "start.pt"), (setup.hp.epochs, "final.pt")],
                           checkpoint_extra=dict(extra, prune_epoch=epoch),
+                          callbacks=[SummaryFields(chosen_by_score=chosen)],
                           desc=f"{method} sparsity {s:g}", **setup.train_kwargs())
             rows.append(costed(own_row(method, s, epoch, ck_dir, res_dir, dense_rows), ck_dir / "final.pt"))
             print_row(rows[-1])

@@ -27,7 +27,7 @@ from utils.lottery import (CONTROLS, check_imp_history, checkpoint_label, imp_sc
                            random_control_mask, reinitialised, rewound, run_ticket, source_weights,
                            ticket_folder, write_summary)
 from utils.lottery import magnitude_mask_with_zeros
-from utils.pruning import num_to_prune, without_layers
+from utils.pruning import ScoreChoice, magnitude_choice, num_to_prune, without_layers
 from utils.train import evaluate
 
 
@@ -95,26 +95,31 @@ def main(argv=None):
     rows = []
 
     # Step 3: one-shot tickets — one mask per sparsity from --from, rewound, retrained.
+    # chosen_by_score: the share of a mask's removals |w| decided, not ties at the cut broken by
+    # position (utils.pruning.ScoreChoice); the controls carry their one-shot mask's
     oneshot_masks = {s: magnitude_mask_with_zeros(dense_weights, num_to_prune(s, n)) for s in sparsities}
+    oneshot_chosen = {s: magnitude_choice(dense_weights, m).share for s, m in oneshot_masks.items()}
     if args.mode in ("oneshot", "both"):
         for s, mask in oneshot_masks.items():
             rows.append(run_ticket(method="oneshot", sparsity=s, round_no=1, mask=mask,
-                                   model=rewound(rewind_ckpt, mask, device), **ticket))
+                                   model=rewound(rewind_ckpt, mask, device),
+                                   chosen_by_score=oneshot_chosen[s], **ticket))
 
     # Step 4: IMP — round r's mask from round r−1's trained weights (round 1: --from), earlier
     # zeros kept, survivors rewound to the same --rewind weights every round.
     if args.mode in ("imp", "both"):
         check_imp_history(setup, run_name, schedule, args.imp_rate)
         counts = imp_zero_counts(schedule, imp_targets, n, args.imp_rate)
-        source, prev_mask = dense_weights, None
+        source, prev_mask, choice = dense_weights, None, ScoreChoice()  # over every round's removals
         print(f"IMP: {len(schedule)} rounds x {setup.hp.epochs} epochs, sparsities "
               + ", ".join(f"{100 * s:g}%" for s in schedule))
         for r, (s, zeros) in enumerate(zip(schedule, counts), start=1):
             mask = magnitude_mask_with_zeros(source, zeros, prev_mask)
+            magnitude_choice(source, mask, prev_mask, choice=choice)
             history = {"imp_rate": args.imp_rate, "imp_schedule": schedule[:r]}
             rows.append(run_ticket(method="imp", sparsity=s, round_no=r, mask=mask,
                                    model=rewound(rewind_ckpt, mask, device),
-                                   extra_config=history, **ticket))
+                                   extra_config=history, chosen_by_score=choice.share, **ticket))
             final = setup.checkpoint_dir / ticket_folder(run_name, "imp", s) / "final.pt"
             source = without_layers(source_weights(read_checkpoint(final, hint="python lottery_imp.py")),
                                     args.ignore_layers)
@@ -125,11 +130,13 @@ def main(argv=None):
     for s, mask in oneshot_masks.items():
         if "reinit" in args.controls:
             rows.append(run_ticket(method="reinit", sparsity=s, round_no=1, mask=mask,
-                                   model=reinitialised(rewind_ckpt, mask, seed, device), **ticket))
+                                   model=reinitialised(rewind_ckpt, mask, seed, device),
+                                   chosen_by_score=oneshot_chosen[s], **ticket))
         if "random" in args.controls:
             random_mask = random_control_mask(mask, seed, s)
             rows.append(run_ticket(method="random", sparsity=s, round_no=1, mask=random_mask,
-                                   model=rewound(rewind_ckpt, random_mask, device), **ticket))
+                                   model=rewound(rewind_ckpt, random_mask, device),
+                                   chosen_by_score=oneshot_chosen[s], **ticket))
 
     # Step 6: the summary table.
     merged = write_summary(rows, setup.results_dir / run_name / "summary.csv", dense_acc)

@@ -20,13 +20,14 @@ from data import load_from_config
 from models import ARCHS, model_from_checkpoint, read_checkpoint
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, task_parser, task_setup
-from utils.init_pruning import (ABLATIONS, DENSE_METHOD, METHODS, check_init_checkpoint,
-                                draw_score_batch, fresh_init_checkpoint, keep_all_mask, one_shot_mask,
-                                one_shot_scores, run_config, run_folder, shuffle_generator,
-                                shuffled, start_model, synflow_mask, train_subnetwork, write_summary)
+from utils.init_pruning import (ABLATIONS, DENSE_METHOD, METHODS, SCORE_BATCH_SIZE,
+                                check_init_checkpoint, draw_score_batch, fresh_init_checkpoint,
+                                keep_all_mask, one_shot_mask, one_shot_scores, prunes_highest,
+                                run_config, run_folder, shuffle_generator, shuffled, start_model,
+                                synflow_mask, train_subnetwork, write_summary)
 from utils.io import save_torch
 from utils.lottery import checkpoint_label
-from utils.pruning import weights_fingerprint
+from utils.pruning import ScoreChoice, chosen_by_score, weights_fingerprint
 from utils.train import finished_summary
 
 DEFAULT_SPARSITIES = [0.0, 0.3, 0.6, 0.9, 0.98]  # the reproduction report's
@@ -50,6 +51,9 @@ def parse_args(argv):
                              "(method none)")
     parser.add_argument("--score-per-class", type=int, default=10,
                         help="training images per class in the SNIP/GraSP score batch")
+    parser.add_argument("--score-batch-size", type=int, default=SCORE_BATCH_SIZE,
+                        help="score images per forward pass; with more, SNIP and GraSP average the "
+                             "pieces as the authors' code does (default: Synaptic-Flow's 256)")
     parser.add_argument("--synflow-iterations", type=int, default=100,
                         help="SynFlow's pruning rounds K (round k keeps N·(1−s)^(k/K) weights)")
     parser.add_argument("--run-name", default=None,
@@ -68,7 +72,9 @@ def check_choices(values, allowed, flag):
 def method_config(method, args):
     """The settings that change a method's masks, recorded in its runs' config."""
     if method in ("snip", "grasp"):
-        return {"score_per_class": args.score_per_class}
+        pieces = {} if 10 * args.score_per_class <= args.score_batch_size else \
+            {"score_batch_size": args.score_batch_size}  # one piece: the same scores as before the flag
+        return {"score_per_class": args.score_per_class, **pieces}
     if method == "synflow":
         return {"synflow_iterations": args.synflow_iterations}
     return {}
@@ -84,6 +90,8 @@ def main(argv=None):
     sparsities = check_fractions(args.sparsities, "--sparsities")
     if args.score_per_class < 1:
         raise UserError(f"--score-per-class must be >= 1, got {args.score_per_class}")
+    if args.score_batch_size < 1:
+        raise UserError(f"--score-batch-size must be >= 1, got {args.score_batch_size}")
     if args.synflow_iterations < 1:
         raise UserError(f"--synflow-iterations must be >= 1, got {args.synflow_iterations}")
     if args.init is not None and args.arch is not None:
@@ -148,41 +156,50 @@ def main(argv=None):
         todo = ["original"] if method == "random" else ablations
         if method != "synflow":
             t0 = time.perf_counter()
-            scores = one_shot_scores(method, init_model, batch, seed)
+            scores = one_shot_scores(method, init_model, batch, seed, args.score_batch_size)
             seconds = time.perf_counter() - t0
             save_torch(scores, ckpt_root / method / "scores.pt")
         for s in targets:
+            # chosen_by_score: the share of removed weights the score decided, not a tie at the
+            # cut broken by position (utils.pruning.ScoreChoice); shuffle and reinit keep the
+            # original's, whose per-layer counts they keep
             if method == "synflow":  # iterative: one schedule per sparsity, and per end when inverted
-                t0 = time.perf_counter()
-                mask, scores = synflow_mask(init_model, s, args.synflow_iterations)
+                t0, choice = time.perf_counter(), ScoreChoice()
+                mask, scores = synflow_mask(init_model, s, args.synflow_iterations, choice=choice)
                 seconds = time.perf_counter() - t0
                 save_torch(scores, ckpt_root / method / "scores.pt")  # the last sparsity's last round
             else:
                 mask = one_shot_mask(method, scores, s)
+                choice = ScoreChoice().add(scores, mask, prune_highest=prunes_highest(method))
             for ablation in todo:
-                ablation_seconds = seconds
+                ablation_seconds, chosen = seconds, choice.share
                 if ablation == "original" or ablation == "reinit":
                     ablated = mask
                 elif ablation == "shuffle":
                     ablated = shuffled(mask, shuffle_generator(seed, method, s))
                 elif method == "synflow":  # invert: the other end pruned in every round
-                    t0 = time.perf_counter()
-                    ablated, _ = synflow_mask(init_model, s, args.synflow_iterations, invert=True)
-                    ablation_seconds = time.perf_counter() - t0
+                    t0, inverted = time.perf_counter(), ScoreChoice()
+                    ablated, _ = synflow_mask(init_model, s, args.synflow_iterations, invert=True, choice=inverted)
+                    ablation_seconds, chosen = time.perf_counter() - t0, inverted.share
                 else:
                     ablated = one_shot_mask(method, scores, s, invert=True)
+                    chosen = chosen_by_score(scores, ablated, prune_highest=prunes_highest(method, True))
                 rows.append(train_subnetwork(
                     method=method, ablation=ablation, sparsity=s, mask=ablated,
                     model=start_model(init_ckpt, ablated, ablation, seed, device),
-                    config=configs[method], score_seconds=ablation_seconds, **subnet))
+                    config=configs[method], score_seconds=ablation_seconds, chosen_by_score=chosen,
+                    **subnet))
 
     # Step 7: the summary table.
     path = setup.results_dir / run_name / "summary.csv"
     merged = write_summary(rows, path)
-    print(f"{'method':<10} {'ablation':<9} {'sparsity':>8} {'start':>7} {'final':>7}")
+    print(f"{'method':<10} {'ablation':<9} {'sparsity':>8} {'start':>7} {'final':>7} {'by score':>8}")
     for r in merged:
+        chosen = f"{float(r['chosen_by_score']):.3f}" if r.get("chosen_by_score") not in (None, "") else "-"
+        empty = r.get("collapsed_layers") or ""
         print(f"{r['method']:<10} {r['ablation']:<9} {100 * float(r['sparsity']):>7.4g}% "
-              f"{float(r['start_acc']):>6.2f}% {float(r['final_acc']):>6.2f}%")
+              f"{float(r['start_acc']):>6.2f}% {float(r['final_acc']):>6.2f}% {chosen:>8}"
+              + (f"  layer collapse: {len(empty.split(';'))} empty" if empty else ""))
     print(f"wrote {path}")
 
 

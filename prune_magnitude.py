@@ -25,16 +25,17 @@ from models import load_checkpoint, model_from_checkpoint, prunable_weights
 from utils.errors import cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import save_csv, save_json, save_torch
-from utils.pruning import (SCOPES, format_report, magnitude_mask_at_sparsity, sparsity_report,
-                           weights_fingerprint, without_layers)
-from utils.train import evaluate, plan_run, train_run
+from utils.pruning import (SCOPES, collapsed_layers, format_report, magnitude_choice,
+                           magnitude_mask_at_sparsity, sparsity_report, weights_fingerprint,
+                           without_layers)
+from utils.train import SummaryFields, evaluate, plan_run, train_run
 
 # Fine-tuning, not training from scratch: the weights are already trained, so start at the
 # standard recipe's middle learning rate (0.01) and end at its last (0.001), a quarter of the
 # dense budget. --epochs 160 --lr 0.1 --milestones 80 120 gives learning-rate rewinding instead.
 FINE_TUNE = {"epochs": 40, "lr": 0.01, "milestones": (20,)}
 SUMMARY_COLUMNS = ["sparsity", "dense_acc", "pruned_acc", "retrained_acc",
-                   "scope", "epochs", "zeros", "prunable"]
+                   "scope", "epochs", "zeros", "prunable", "collapsed_layers", "chosen_by_score"]
 OUTPUT_FILES = ("mask.pt", "start.pt", "final.pt")
 
 
@@ -98,6 +99,8 @@ def main(argv=None):
         # Step 2: prune by magnitude (cheap and deterministic, so also done for finished runs).
         mask = magnitude_mask_at_sparsity(from_weights, target, args.scope, mask=from_mask)
         report = sparsity_report(mask)
+        # the share of this pruning's removals |w| decided, not ties at the cut (utils.pruning)
+        chosen = magnitude_choice(from_weights, mask, from_mask, args.scope).share
         plan = plan_run(ckpt_dir, results_dir, config, OUTPUT_FILES, force)
         if plan.skip:
             summary = plan.summary
@@ -117,12 +120,14 @@ def main(argv=None):
                 mask={**kept_zeros, **mask},
                 save_as=[(0, "start.pt"), (hp.epochs, "final.pt")], outputs=OUTPUT_FILES, desc=name,
                 checkpoint_extra={"widths": from_ckpt.get("widths"), "pruned_from": str(from_path)},
-                **setup.train_kwargs())
+                callbacks=[SummaryFields(chosen_by_score=chosen)], **setup.train_kwargs())
 
         rows.append({"sparsity": target, "dense_acc": dense_acc,
                      "pruned_acc": summary["start_test_acc"], "retrained_acc": summary["test_acc"],
                      "scope": args.scope, "epochs": summary["epochs"],
-                     "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"]})
+                     "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"],
+                     "collapsed_layers": ";".join(collapsed_layers({**kept_zeros, **mask})),
+                     "chosen_by_score": "" if chosen is None else chosen})
 
     # Summary: dense vs pruned (before retraining) vs retrained, one row per sparsity.
     save_csv(rows, results_root / "summary.csv", SUMMARY_COLUMNS)

@@ -27,10 +27,10 @@ from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
 from utils.io import save_csv
 from utils.lottery import write_mask
-from utils.pruning import global_magnitude_mask, weights_fingerprint
+from utils.pruning import collapsed_layers, global_magnitude_mask, magnitude_choice, weights_fingerprint
 from utils.robustness import (MASK_SOURCES, SUMMARY_COLUMNS, TICKET_COLUMNS, TRAININGS, cached_robust_row,
                               find_checkpoints, merge_summary, ticket_table)
-from utils.train import plan_run, seeded, train_run
+from utils.train import SummaryFields, plan_run, seeded, train_run
 
 EXPERIMENTS = ("evaluate", "adversarial", "size")
 MAKE_CHECKPOINTS = ("python train_dense.py, then prune_magnitude.py, lottery_imp.py, "
@@ -120,7 +120,7 @@ def ticket_experiment(setup, args, evaluator, arch, experiment):
     ck_root = setup.checkpoint_dir / "robustness" / arch
     res_root = setup.results_dir / "robustness" / arch
 
-    def train(model, run, training, save_as, **kw):
+    def train(model, run, training, save_as, chosen_by_score=None, **kw):
         adv = {"adv_train": training == "pgd", "adv_eps": args.eps, "adv_step": args.step,
                "adv_steps": args.train_steps, "adv_monitor_subset": args.monitor_subset}
         config = setup.config(arch=arch, shortcut="B", run_name=f"robustness/{arch}/{run}",
@@ -135,9 +135,14 @@ def ticket_experiment(setup, args, evaluator, arch, experiment):
                                          precision=hp.precision)
         train_run(model, setup.train, setup.test, hp, arch=arch, config=config, seed=seed,
                   ckpt_dir=ck_root / run, results_dir=res_root / run, force=plan.fresh,
-                  save_as=save_as, mask=mask, outputs=outputs, desc=f"{arch} {run}", **extra)
+                  save_as=save_as, mask=mask, outputs=outputs, desc=f"{arch} {run}",
+                  callbacks=[SummaryFields(chosen_by_score=chosen_by_score)], **extra)
         row = evaluator.row(f"robustness/{arch}/{run}", ck_root / run / "final.pt", res_root / run,
                             experiment=experiment, mask_from=kw.get("mask_from", ""))
+        # the mask's collapse facts (utils.pruning): its empty layers, and how many of its
+        # removals |w| decided rather than a tie at the cut
+        row.update(collapsed_layers=";".join(collapsed_layers(mask)) if mask is not None else "",
+                   chosen_by_score="" if chosen_by_score is None else chosen_by_score)
         print(_fmt(row))
         return row
 
@@ -156,12 +161,13 @@ def ticket_experiment(setup, args, evaluator, arch, experiment):
         for mask_from in MASK_SOURCES:
             trained, trained_ckpt = load_checkpoint(final[mask_from] / "final.pt")
             mask = global_magnitude_mask(prunable_weights(trained), sparsity)
+            chosen = magnitude_choice(prunable_weights(trained), mask).share
             source_sha256 = weights_fingerprint(trained_ckpt["model"])
             for training in TRAININGS:
                 run = f"ticket_{mask_from}_mask/{training}/{pct_name(sparsity, 'sparsity')}"
                 model, _ = load_checkpoint(final[mask_from] / "init.pt", setup.device)
                 rows.append(train(model, run, training, [(0, "start.pt"), (hp.epochs, "final.pt")],
-                                  mask=mask, mask_from=mask_from, sparsity=sparsity,
+                                  chosen_by_score=chosen, mask=mask, mask_from=mask_from, sparsity=sparsity,
                                   mask_source_sha256=source_sha256))
     return rows
 

@@ -28,11 +28,12 @@ from utils.errors import UserError, cli_main
 from utils.experiment import task_parser, task_setup
 from utils.io import save_csv, save_json, save_torch
 from utils.lottery import checkpoint_label, write_mask
-from utils.pruning import apply_mask, weights_fingerprint
+from utils.pruning import apply_mask, collapsed_layers, magnitude_choice, weights_fingerprint
 from utils.three_regime import (AXES, BN_BATCH, CKA_THRESHOLD, GRIDS, MC_THRESHOLD, SUMMARY_COLUMNS,
-                                assign_regimes, check_epoch_checkpoints, check_grid, conv_density_mask, conv_weights, dense_hp, density_name,
+                                assign_regimes, check_epoch_checkpoints, check_grid, conv_density_mask, conv_weights,
+                                dense_hp, density_name,
                                 measure_pair, summary_row, temperature_name)
-from utils.train import checkpoint, evaluate, train_run
+from utils.train import SummaryFields, checkpoint, evaluate, train_run
 
 
 def parse_args(argv):
@@ -136,6 +137,8 @@ def main(argv=None):
             # Step 4: prune every conv layer to the density by |w| (Linear dense); the pruned
             # weights are the common start of every copy.
             mask = conv_density_mask(conv_weights(source), density)
+            # the share of removals |w| decided, each layer against its own cut (utils.pruning)
+            chosen = magnitude_choice(conv_weights(source), mask, scope="layerwise").share
             write_mask(cell_ckpt / "mask.pt", mask, force)
             start = apply_mask(model_from_checkpoint(source_ckpt, device), mask)
             save_torch(checkpoint(start, arch, 0, source_ckpt.get("config"), mask=mask), cell_ckpt / "start.pt")
@@ -154,6 +157,7 @@ def main(argv=None):
                     seed=seed, force=force,
                     stream=f"copy{k}",
                     save_as=[(0, "start.pt"), (hp.epochs, "final.pt")], mask=mask,
+                    callbacks=[SummaryFields(chosen_by_score=chosen)],
                     desc=f"{temp_name} {density_name(density)} copy {k}"))
                 finals.append(read_checkpoint(copy_ckpt / "final.pt", hint="python three_regime.py --force"))
 
@@ -168,6 +172,8 @@ def main(argv=None):
                         for i, j in pairs]
             bar.close()
             rows.append(summary_row(args.axis, temperature, density, dense_acc, summaries, measured))
+            rows[-1].update(collapsed_layers=";".join(collapsed_layers(mask)),
+                            chosen_by_score="" if chosen is None else chosen)
             r = rows[-1]
             print(f"{temp_name} {density_name(density)}: dense {dense_acc:.2f}% -> pruned {r['pruned_acc']:.2f}% "
                   f"-> retrained {r['retrained_acc']:.2f}%, mc {r['mc']:+.4f} ({r['mc_from']}), "

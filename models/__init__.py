@@ -76,3 +76,9 @@ def prunable_weights(model):
     """Name -> weight of every Conv2d and Linear layer (the unstructured-pruning candidates)."""
     return {f"{name}.weight": m.weight for name, m in model.named_modules()
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+
+
+def classifier_weight_name(model):
+    """The output layer's weight name (the last Linear layer), or None without one."""
+    names = [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return names[-1] if names else None

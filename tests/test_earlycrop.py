@@ -194,17 +194,21 @@ def test_final_weights_and_table(ec):
     rows = {r["method"]: r for r in load_csv(ec["res"] / "summary.csv")}
     header = (ec["res"] / "summary.csv").read_text().splitlines()[0]
     assert header == ("method,structured,sparsity,test_acc,weight_sparsity,node_sparsity,prune_epoch,"
-                      "train_seconds,batch_ms,peak_mem_mb,disk_mb,params,flops,source,train_flops,train_flops_ratio")
+                      "train_seconds,batch_ms,peak_mem_mb,disk_mb,params,flops,source,train_flops,train_flops_ratio,"
+                      "collapsed_layers,chosen_by_score")
     n_full, channels_full = 270896, 336  # ResNet-20: 3·16 + 3·32 + 3·64 inner channels
     for method in ("crop_u", "crop_s", "earlycrop_u", "earlycrop_s", "random_s"):
         row = rows[method]
         summary = json.loads((ec["res"] / method / "sparsity_90" / "summary.json").read_text())
         assert float(row["test_acc"]) == pytest.approx(summary["test_acc"], abs=1e-3)
+        assert float(row["chosen_by_score"]) == pytest.approx(summary["chosen_by_score"])
+        assert 0 < summary["chosen_by_score"] <= 1
         final = read_checkpoint(run_dir(ec, method) / "final.pt")
         weights = prunable_weights(model_from_checkpoint(final))
         if method.endswith("_u"):
             mask = final["mask"]
             assert all(torch.all(weights[n][mask[n] == 0] == 0) for n in mask)  # pruned stay zero
+            assert row["collapsed_layers"] == ";".join(n for n, m in mask.items() if not m.any())
             zeros = sum(int((m == 0).sum()) for m in mask.values())
             assert float(row["weight_sparsity"]) == pytest.approx(zeros / n_full, abs=1e-6)
             assert row["node_sparsity"] == ""

@@ -214,7 +214,8 @@ def test_e2e_outputs_and_summary(e2e):
     expected = [("oneshot", 0.5, 1), ("oneshot", 0.7, 1), ("imp", 0.5, 1), ("imp", 0.7, 2),
                 ("reinit", 0.5, 1), ("reinit", 0.7, 1), ("random", 0.5, 1), ("random", 0.7, 1)]
     rows = load_csv(res / "summary.csv")
-    assert list(rows[0]) == ["method", "sparsity", "round", "dense_acc", "ticket_acc", "retrained_acc"]
+    assert list(rows[0]) == ["method", "sparsity", "round", "dense_acc", "ticket_acc", "retrained_acc",
+                             "collapsed_layers", "chosen_by_score"]
     assert [(r["method"], float(r["sparsity"]), int(r["round"])) for r in rows] == expected
 
     # dense_acc: the --from weights on the same 128 test images, evaluated here independently
@@ -231,6 +232,10 @@ def test_e2e_outputs_and_summary(e2e):
         start, final = load(ck / folder / "start.pt"), load(ck / folder / "final.pt")
         assert start["epoch"] == 0 and final["epoch"] == 1 and final["arch"] == "resnet20"
         assert final["config"]["method"] == r["method"]
+        # no layer empty at 50-70%, and trained weights have no |w| tie at the cut: all decided
+        summary = load_json(res / folder / "summary.json")
+        assert r["collapsed_layers"] == "" and summary["collapsed_layers"] == []
+        assert float(r["chosen_by_score"]) == summary["chosen_by_score"] == 1.0
     assert "dense (--from) test accuracy" in e2e["stdout"] and "imp" in e2e["stdout"]
 
 

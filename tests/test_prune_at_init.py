@@ -81,14 +81,22 @@ def test_random_and_magnitude_scores():
     assert all(torch.equal(magnitude_scores(w)[k], w[k].abs()) for k in w)
 
 
-def test_snip_is_w_times_the_closed_form_gradient():
+def linear_net_and_batch():
+    """A bias-free Linear(3072, 3) on the flattened tiny batch: (net, batch, x, y, W)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(3072, 3, bias=False))
     batch = tiny_batch()
-    x, y = to_pixels(batch["images"]).reshape(6, -1), batch["labels"]
-    W = net[1].weight.detach()
-    # ∂ mean CE / ∂W = (softmax(Wx) − onehot(y))ᵀ x / B
-    grad = (F.softmax(x @ W.T, 1) - F.one_hot(y, 3).float()).T @ x / len(y)
+    return net, batch, to_pixels(batch["images"]).reshape(6, -1), batch["labels"], net[1].weight.detach()
+
+
+def closed_form_grad(W, x, y):
+    """∂ mean CE / ∂W of the bias-free linear net: (softmax(Wx) − onehot(y))ᵀ x / B."""
+    return (F.softmax(x @ W.T, 1) - F.one_hot(y, 3).float()).T @ x / len(y)
+
+
+def test_snip_is_w_times_the_closed_form_gradient():
+    net, batch, x, y, W = linear_net_and_batch()
+    grad = closed_form_grad(W, x, y)
     scores = snip_scores(net, batch)
     assert list(scores) == ["1.weight"]
     torch.testing.assert_close(scores["1.weight"], (W * grad).abs(), rtol=1e-4, atol=1e-9)
@@ -101,6 +109,25 @@ def small_bn_net():
                          nn.Linear(32, 3))
 
 
+def grasp_reference(net):
+    """(loss_on, w0, names): loss_on(x, y) is the GraSP loss (logits ÷ 200) as a function of the
+    flattened prunable weights, with batch statistics as in train mode but without the
+    running-stat updates torch.func cannot trace; w0 the weights flattened."""
+    names = list(prunable_weights(net))
+    shapes = [net.state_dict()[n].shape for n in names]
+    sizes = [s.numel() for s in shapes]
+    ref = torch.func.replace_all_batch_norm_modules_(copy.deepcopy(net)).train()
+    fixed = {k: v.detach().clone() for k, v in ref.named_parameters() if k not in names}
+
+    def loss_on(x, y):
+        def loss_of(flat):
+            ws = {n: p.view(s) for n, p, s in zip(names, torch.split(flat, sizes), shapes)}
+            return F.cross_entropy(torch.func.functional_call(ref, {**fixed, **ws}, (x,)) / 200, y)
+        return loss_of
+
+    return loss_on, torch.cat([net.state_dict()[n].flatten() for n in names]).detach(), names
+
+
 def test_grasp_hg_equals_torch_func_hessian_times_gradient():
     net, batch = small_bn_net(), tiny_batch()
     buffers_before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -108,21 +135,8 @@ def test_grasp_hg_equals_torch_func_hessian_times_gradient():
     # the network scored is a copy: the caller's weights and BatchNorm buffers are untouched
     assert all(torch.equal(v, buffers_before[k]) for k, v in net.state_dict().items())
 
-    names = list(prunable_weights(net))
-    shapes = [net.state_dict()[n].shape for n in names]
-    sizes = [s.numel() for s in shapes]
-    x, y = to_pixels(batch["images"]).contiguous(), batch["labels"]
-    # the reference: batch statistics as in train mode, without the running-stat updates
-    # torch.func cannot trace
-    ref = torch.func.replace_all_batch_norm_modules_(copy.deepcopy(net)).train()
-    fixed = {k: v.detach().clone() for k, v in ref.named_parameters() if k not in names}
-
-    def loss_of(flat):
-        ws = {n: p.view(s) for n, p, s in zip(names, torch.split(flat, sizes), shapes)}
-        out = torch.func.functional_call(ref, {**fixed, **ws}, (x,))
-        return F.cross_entropy(out / 200, y)
-
-    w0 = torch.cat([net.state_dict()[n].flatten() for n in names]).detach()
+    loss_on, w0, names = grasp_reference(net)
+    loss_of = loss_on(to_pixels(batch["images"]).contiguous(), batch["labels"])
     g = torch.func.grad(loss_of)(w0)
     hessian = torch.func.hessian(loss_of)(w0)
     want = -w0 * (hessian @ g)
@@ -134,6 +148,35 @@ def test_grasp_hg_equals_torch_func_hessian_times_gradient():
     assert zeros_of(m) == reference_zeros(scores, round(0.5 * got.numel()), highest=True)
     m = one_shot_mask("grasp", scores, 0.5, invert=True)
     assert zeros_of(m) == reference_zeros(scores, round(0.5 * got.numel()), highest=False)
+
+
+def test_snip_with_pieces_averages_each_pieces_mean_gradient():
+    # 6 images in pieces of 4 and 2: ∂L/∂W = ½ (g₁ + g₂), each g the closed form on its piece
+    # (Synaptic-Flow accumulates one backward per batch); the pieces weigh equally, not by size
+    net, batch, x, y, W = linear_net_and_batch()
+    grad = (closed_form_grad(W, x[:4], y[:4]) + closed_form_grad(W, x[4:], y[4:])) / 2
+    torch.testing.assert_close(snip_scores(net, batch, batch_size=4)["1.weight"], (W * grad).abs(),
+                               rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(snip_scores(net, batch, batch_size=4)["1.weight"],
+                              snip_scores(net, batch)["1.weight"])
+    # one piece holding every image is the one-pass score
+    torch.testing.assert_close(snip_scores(net, batch, batch_size=6)["1.weight"], snip_scores(net, batch)["1.weight"])
+
+
+def test_grasp_with_pieces_averages_g_then_each_pieces_hessian_product():
+    # Wang et al.'s GraSP.py: g = the pieces' gradients together (detached), then Hg from each
+    # piece's ∂(gᵀ ∂L_piece/∂w)/∂w; here averaged, so the reference is mean_k H_k · mean_k g_k
+    net, batch = small_bn_net(), tiny_batch()
+    scores = grasp_scores(net, batch, batch_size=4)
+    loss_on, w0, names = grasp_reference(net)
+    x, y = to_pixels(batch["images"]).contiguous(), batch["labels"]
+    pieces = [loss_on(x[:4], y[:4]), loss_on(x[4:], y[4:])]
+    g = sum(torch.func.grad(f)(w0) for f in pieces) / 2
+    hg = sum(torch.func.hessian(f)(w0) @ g for f in pieces) / 2
+    got = torch.cat([scores[n].flatten() for n in names])
+    torch.testing.assert_close(got, -w0 * hg, rtol=1e-3, atol=1e-12)
+    one_pass = torch.cat([v.flatten() for v in grasp_scores(net, batch).values()])
+    assert not torch.allclose(got, one_pass, rtol=1e-3, atol=1e-12)  # the pieces' statistics differ
 
 
 def chain_net():
@@ -313,7 +356,8 @@ def pai(tiny_dense, tmp_path_factory):
 def test_script_summary_and_files(pai):
     rows = load_csv(pai["res"] / "summary.csv")
     header = (pai["res"] / "summary.csv").read_text().splitlines()[0]
-    assert header == "method,ablation,sparsity,start_acc,final_acc,zeros,prunable,epochs,score_seconds"
+    assert header == ("method,ablation,sparsity,start_acc,final_acc,zeros,prunable,epochs,score_seconds,"
+                      "collapsed_layers,classifier_collapsed,chosen_by_score")
     n = sum(w.numel() for w in prunable_weights(model_from_checkpoint(pai["init"])).values())
     keys = [(r["method"], r["ablation"], float(r["sparsity"])) for r in rows]
     assert keys == [("none", "original", 0.0)] + [(m, a, 0.9) for m in ("snip", "grasp", "synflow")
@@ -457,3 +501,90 @@ def test_figures_and_report_section_read_the_results(pai):
     doc = Doc()
     section(doc, empty)
     assert "run python prune_at_init.py" in " ".join(str(b[1]) for b in doc.blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer collapse is measured: inverted SynFlow empties the classifier, SynFlow and magnitude do not.
+
+@pytest.fixture(scope="module")
+def collapse_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("collapse")
+    run_script("prune_at_init.py", *TINY_DATA, "--train-subset", 64, "--test-subset", 64, "--epochs", 0,
+               "--milestones", "--sparsities", 0.3, 0.9, "--methods", "magnitude", "synflow",
+               "--ablations", "original", "invert", "--arch", "resnet20",  # SynFlow's 100 rounds
+               "--checkpoint-dir", root / "c", "--results-dir", root / "r")
+    return {"res": root / "r" / "prune_at_init", "ck": root / "c" / "prune_at_init"}
+
+
+def test_inverted_synflow_collapses_and_is_chosen_by_position(collapse_run):
+    res, ck = collapse_run["res"], collapse_run["ck"]
+    rows = {(r["method"], r["ablation"], float(r["sparsity"])): r for r in load_csv(res / "summary.csv")}
+    for method, ablation, s in rows:
+        folder = f"{method}/{ablation}/sparsity_{100 * s:g}"
+        summary = load_json(res / folder / "summary.json")
+        mask = load(ck / folder / "mask.pt")
+        empty = [n for n, m in mask.items() if int(m.sum()) == 0]  # observed on the saved mask
+        assert summary["collapsed_layers"] == empty
+        assert rows[method, ablation, s]["collapsed_layers"] == ";".join(empty)
+        assert float(rows[method, ablation, s]["chosen_by_score"]) == pytest.approx(summary["chosen_by_score"])
+    for s in (0.3, 0.9):
+        inverted = load_json(res / f"synflow/invert/sparsity_{100 * s:g}/summary.json")
+        assert "linear.weight" in inverted["collapsed_layers"] and inverted["classifier_collapsed"]
+    assert load_json(res / "synflow/invert/sparsity_90/summary.json")["chosen_by_score"] < 0.2
+    for method in ("synflow", "magnitude"):
+        summary = load_json(res / f"{method}/original/sparsity_90/summary.json")
+        assert summary["collapsed_layers"] == [] and not summary["classifier_collapsed"]
+        assert summary["chosen_by_score"] == pytest.approx(1.0, abs=1e-3)
+    # magnitude's share from its definition: removed |w| strictly below the smallest kept |w|
+    init = fresh_init_checkpoint("resnet20", 0)["model"]
+    mask = load(ck / "magnitude/original/sparsity_90/mask.pt")
+    w = torch.cat([init[n].abs().flatten() for n in mask])
+    keep = torch.cat([mask[n].flatten() for n in mask]) == 1
+    want = int((w[~keep] < w[keep].min()).sum()) / int((~keep).sum())
+    assert load_json(res / "magnitude/original/sparsity_90/summary.json")["chosen_by_score"] == pytest.approx(want)
+
+
+def test_report_calls_a_collapsed_comparison_no_test_of_the_score(collapse_run):
+    import matplotlib.pyplot as plt
+
+    from utils.analysis.prune_at_init import section
+    from utils.document import Doc
+    from utils.plots import Results
+    from utils.plots.prune_at_init import fig_ablations
+
+    res = Results(collapse_run["res"].parent)
+    doc = Doc()
+    section(doc, res)
+    text = " ".join(str(b[1]) for b in doc.blocks)
+    # the invert ablation of SynFlow is no comparison at either sparsity; magnitude's still is
+    assert ("SynFlow: invert: 30%: layer collapse (classifier empty): not a test of the score; "
+            "90%: layer collapse (classifier empty): not a test of the score") in text
+    assert "magnitude: invert changes it" in text
+    assert "found inverted SynFlow as accurate as the original; that is not a result to agree with" in text
+    masks = {(r[0], r[1]): r for r in doc.tables["prune_at_init_masks"].rows}
+    inverted = load_json(collapse_run["res"] / "synflow/invert/sparsity_90/summary.json")
+    assert masks["SynFlow", "90%"][5] == (f"{inverted['chosen_by_score']:.3f}, classifier + "
+                                          f"{len(inverted['collapsed_layers']) - 1} empty")
+    assert masks["SynFlow", "90%"][2] == masks["magnitude", "90%"][2] == "1.000"
+    fig = fig_ablations(res)
+    assert "layer collapse: not a test of the score" in fig.axes[1].get_legend_handles_labels()[1]
+    plt.close(fig)
+
+
+def test_snip_and_grasp_score_with_tf32_off_and_restore_it():
+    # cuDNN's default TF32 convolutions would change the scores on a GPU: every forward pass of a
+    # scoring runs with TF32 off, and the caller's settings come back afterwards
+    net, batch = small_bn_net(), tiny_batch()
+    seen = []
+    net[0].register_forward_hook(lambda *_: seen.append(
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        snip_scores(net, batch)
+        grasp_scores(net, batch, batch_size=4)
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert len(seen) == 1 + 4 and set(seen) == {(False, False)}
+    assert after == (True, True)

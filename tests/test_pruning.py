@@ -8,10 +8,13 @@ from data import CifarSplit
 from models import prunable_weights
 from utils.config import TrainConfig
 from utils.errors import UserError
-from utils.pruning import (apply_mask, format_report, global_magnitude_mask,
-                           layerwise_magnitude_mask, magnitude_mask_at_sparsity,
-                           random_mask_like, sparsity_report, weights_fingerprint)
-from utils.train import train_run
+from utils.io import load_json
+from utils.plots.common import collapse_note
+from utils.pruning import (ScoreChoice, apply_mask, chosen_by_score, collapsed_layers, format_report,
+                           global_magnitude_mask, layerwise_magnitude_mask, magnitude_choice,
+                           magnitude_mask_at_sparsity, mask_facts, random_mask_like, sparsity_report,
+                           weights_fingerprint)
+from utils.train import SummaryFields, train_run
 
 SPARSITIES = [0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 0.95]
 
@@ -202,3 +205,85 @@ def test_momentum_and_weight_decay_leave_pruned_weights_at_zero(tmp_path):
     free, _ = run("free", False)
     regrown = sum(int((w[mask[n] == 0] != 0).sum()) for n, w in prunable_weights(free).items())
     assert regrown > 0.9 * sum(int((m == 0).sum()) for m in mask.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Collapse facts: empty layers and the share of removals a score decided (hand-made scores).
+
+def test_collapsed_layers_names_only_the_empty_layers():
+    mask = {"conv.weight": torch.tensor([[0.0, 1.0], [0.0, 0.0]]), "fc.weight": torch.zeros(3, 2),
+            "head.weight": torch.ones(2)}
+    assert collapsed_layers(mask) == ["fc.weight"]
+    assert mask_facts(mask, "fc.weight") == {"collapsed_layers": ["fc.weight"], "classifier_collapsed": True}
+    assert mask_facts(mask, "head.weight")["classifier_collapsed"] is False
+    assert collapse_note({"collapsed_layers": ["fc.weight"], "classifier_collapsed": True}) == \
+        "layer collapse (classifier empty): not a test of the score"
+    assert collapse_note({"collapsed_layers": ["a", "b"], "classifier_collapsed": False}) == \
+        "layer collapse (2 layers empty): not a test of the score"
+    assert collapse_note({"collapsed_layers": []}) == "" and collapse_note({}) == ""
+
+
+def test_chosen_by_score_counts_removals_strictly_below_the_kept_cut():
+    # 6 weights, 4 removed. Kept scores: 0.5, 0.9 -> cut 0.5. Removed: 0.1, 0.2 (below: decided)
+    # and 0.5, 0.5 (tied with the kept 0.5: removed by position). 2 of 4 decided.
+    scores = {"a": torch.tensor([0.1, 0.5, 0.9]), "b": torch.tensor([0.5, 0.2, 0.5])}
+    mask = {"a": torch.tensor([0.0, 0.0, 1.0]), "b": torch.tensor([1.0, 0.0, 0.0])}
+    assert chosen_by_score(scores, mask) == pytest.approx(2 / 4)
+    # no tie at the cut: every removal decided
+    distinct = {"a": torch.tensor([0.1, 0.3, 0.9]), "b": torch.tensor([0.5, 0.2, 0.4])}
+    assert chosen_by_score(distinct, mask) == 1.0
+
+
+def test_chosen_by_score_all_zero_scores_decide_nothing_and_highest_end_mirrors():
+    scores = {"a": torch.zeros(4), "b": torch.zeros(2)}
+    mask = {"a": torch.tensor([0.0, 0.0, 1.0, 1.0]), "b": torch.tensor([0.0, 1.0])}
+    assert chosen_by_score(scores, mask) == 0.0
+    # zero scores below a positive cut are decided (any tie-break removes them)
+    assert chosen_by_score({"a": torch.tensor([0.0, 0.0, 1.0, 1.0]), "b": torch.tensor([0.0, 2.0])}, mask) == 1.0
+    # pruning the highest: decided when strictly above the highest kept score
+    high = {"a": torch.tensor([3.0, 1.0, 1.0, 0.5]), "b": torch.tensor([2.0, 0.2])}
+    assert chosen_by_score(high, mask, prune_highest=True) == pytest.approx(2 / 3)
+    # nothing removed: no share; nothing kept: every removal decided
+    assert chosen_by_score(scores, {"a": torch.ones(4), "b": torch.ones(2)}) is None
+    assert chosen_by_score(scores, {"a": torch.zeros(4), "b": torch.zeros(2)}) == 1.0
+
+
+def test_score_choice_over_rounds_counts_each_round_own_removals():
+    # round 1 removes a0 (0.1 < cut 0.4: decided); round 2 re-scores to all zeros and removes
+    # a1, b0 (tied with the kept zeros: by position). Previously removed a0 is not counted again.
+    m1 = {"a": torch.tensor([0.0, 1.0, 1.0]), "b": torch.tensor([1.0, 1.0])}
+    m2 = {"a": torch.tensor([0.0, 0.0, 1.0]), "b": torch.tensor([0.0, 1.0])}
+    choice = ScoreChoice()
+    choice.add({"a": torch.tensor([0.1, 0.4, 0.8]), "b": torch.tensor([0.6, 0.7])}, m1)
+    choice.add({"a": torch.tensor([float("-inf"), 0.0, 0.0]), "b": torch.zeros(2)}, m2, before=m1)
+    assert (choice.decided, choice.removed) == (1, 3)
+    assert choice.share == pytest.approx(1 / 3)
+
+
+def test_layerwise_chosen_by_score_uses_each_layers_own_cut():
+    # globally the cut would be 0.2 (b's kept) and a's removed 0.5 not below it; per layer a's
+    # cut is 0.9 and b's 0.2, so both removals are decided
+    scores = {"a": torch.tensor([0.5, 0.9]), "b": torch.tensor([0.1, 0.2])}
+    mask = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 1.0])}
+    assert chosen_by_score(scores, mask) == pytest.approx(1 / 2)
+    assert ScoreChoice().add(scores, mask, layerwise=True).share == 1.0
+    # magnitude: |w| is the score; a layer-wise magnitude mask of tied |w| is half by position
+    weights = {"a": torch.tensor([-1.0, 1.0, 1.0, 3.0]), "b": torch.tensor([0.5, -2.0])}
+    mask = layerwise_magnitude_mask(weights, 0.5)  # a: two of three |w| tied at 1 go, by position
+    assert magnitude_choice(weights, mask, scope="layerwise").share == pytest.approx(1 / 3)
+    assert (magnitude_choice(weights, mask, scope="layerwise").decided, magnitude_choice(weights, mask).removed) == (1, 3)
+
+
+def test_train_run_summary_records_the_mask_collapse(tmp_path):
+    torch.manual_seed(0)
+    net = small_cnn()
+    mask = {n: torch.ones_like(w) for n, w in prunable_weights(net).items()}
+    mask["8.weight"] = torch.zeros_like(mask["8.weight"])  # the classifier (the last Linear)
+    split = random_split(16, 0)
+    hp = TrainConfig(epochs=1, batch_size=8, lr=0.01, milestones=())
+    summary = train_run(net, split, split, hp, arch="small_cnn", config={}, ckpt_dir=tmp_path / "c",
+                        results_dir=tmp_path / "r", mask=mask,
+                        callbacks=[SummaryFields(chosen_by_score=0.25)])
+    assert summary["collapsed_layers"] == ["8.weight"] and summary["classifier_collapsed"] is True
+    assert summary["chosen_by_score"] == 0.25
+    assert load_json(tmp_path / "r" / "summary.json")["collapsed_layers"] == ["8.weight"]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from data import CifarSplit
 from utils.errors import UserError
-from utils.train import autocast, cpu_generator
+from utils.train import autocast, cpu_generator, strict_fp32
 
 
 def uniform_noise(shape, generator, device):
@@ -80,18 +80,6 @@ def eval_mode(model):
         yield
     finally:
         model.train(was_training)
-
-
-@contextlib.contextmanager
-def strict_fp32(device):
-    """Plain fp32 arithmetic: no autocast, and on CUDA no TF32 in matmuls or cuDNN convolutions."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.autocast(torch.device(device).type, enabled=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _precision(device, amp):

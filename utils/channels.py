@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import get_model
+from utils.pruning import ScoreChoice
 from utils.train import autocast
 
 PRUNABLE_BN = re.compile(r"^layer(\d+)\.(\d+)\.bn1$")
@@ -84,6 +85,14 @@ class ChannelSelection:
 
     def indices(self):
         return [torch.nonzero(m).flatten() for m in self.keep]
+
+
+def channel_chosen_by_score(gammas, selection):
+    """`chosen_by_score` (utils.pruning.ScoreChoice) of a channel selection: the share of removed
+    channels whose |score| is strictly below the lowest kept one (a channel kept only so that its
+    block is not empty lowers that cut). No block is ever emptied, so no layer collapses."""
+    return ScoreChoice().add({i: g.detach().abs() for i, g in enumerate(gammas)},
+                             {i: k.float() for i, k in enumerate(selection.keep)}).share
 
 
 def select_channels(gammas, ratio):

@@ -2,7 +2,8 @@
 
 Gradient flow GF = gᵀg with g = ∇_θ L. A weight's CroP score is I = |θ ⊙ Hg|, the size of its
 first-order effect on gᵀg (H the Hessian of L). Computed by double backprop on a copy of the
-network in eval mode, in fp32 without autocast, on a few unaugmented training batches:
+network in eval mode, in fp32 without autocast (and on CUDA without TF32: `strict_fp32`), on a
+few unaugmented training batches:
 
     g = Σ_b ∇L_b                       (prunable weights only, detached)
     z = Σ_b gᵀ ∇L_b                    (over the surviving weights, graph kept)
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from models import prunable_weights
 from utils.errors import UserError
 from utils.pruning import global_score_mask, num_to_prune
-from utils.train import cpu_generator
+from utils.train import cpu_generator, strict_fp32
 
 
 # --- the score batches --------------------------------------------------------------------------
@@ -69,6 +70,11 @@ def _scoring_copy(model):
 
 def _gradient_flow_grads(net, weights, batches, mask, extra=()):
     """(∂z/∂weights, ∂z/∂extra) with z = Σ_b gᵀ∇L_b, g = Σ_b ∇L_b over `weights` (detached)."""
+    with strict_fp32(next(net.parameters()).device):
+        return _gradient_flow_grads_fp32(net, weights, batches, mask, extra)
+
+
+def _gradient_flow_grads_fp32(net, weights, batches, mask, extra):
     for w in weights.values():
         w.requires_grad_(True)
     params = list(weights.values())

@@ -27,7 +27,7 @@ from utils.train import MaskedParams, autocast
 
 SUMMARY_COLUMNS = ["method", "structured", "sparsity", "test_acc", "weight_sparsity", "node_sparsity",
                    "prune_epoch", "train_seconds", "batch_ms", "peak_mem_mb", "disk_mb", "params", "flops",
-                   "source", "train_flops", "train_flops_ratio"]
+                   "source", "train_flops", "train_flops_ratio", "collapsed_layers", "chosen_by_score"]
 # Columns measured on this device (a rerun on the same device reuses them)
 MEASURED = ["weight_sparsity", "node_sparsity", "batch_ms", "peak_mem_mb", "disk_mb", "params", "flops"]
 METHODS = ("crop_u", "crop_s", "earlycrop_u", "earlycrop_s", "random_s")
@@ -260,5 +260,7 @@ def own_row(method, s, epoch, ck_dir, res_dir, dense_rows):
            "test_acc": summary["test_acc"], "prune_epoch": epoch,
            "train_seconds": dense_seconds_until(dense_rows, epoch) + final.get("score_seconds", 0.0)
            + trained_seconds(res_dir, summary), "epochs": (epoch, summary["epochs"]),
-           "source": str(res_dir / "summary.json")}
+           "source": str(res_dir / "summary.json"),
+           "collapsed_layers": ";".join(summary.get("collapsed_layers") or []),
+           "chosen_by_score": summary.get("chosen_by_score")}
     return row

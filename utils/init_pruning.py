@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from data import CLASSES, to_pixels
-from models import get_model, model_from_checkpoint, prunable_weights
+from models import classifier_weight_name, get_model, model_from_checkpoint, prunable_weights
 from models.resnet import Normalize
 from utils.errors import UserError
 from utils.experiment import pct_name
 from utils.io import load_csv, load_torch, save_csv, save_json
 from utils.lottery import reinitialised, write_mask
-from utils.pruning import apply_mask, global_count_mask, global_score_mask, num_to_prune, sparsity_report
-from utils.train import checkpoint, cpu_generator, plan_run, seeded, train_run
+from utils.pruning import (apply_mask, global_count_mask, global_score_mask, mask_facts, num_to_prune,
+                           sparsity_report)
+from utils.train import (SummaryFields, checkpoint, cpu_generator, plan_run, seeded, strict_fp32,
+                         train_run)
 
 METHODS = ("random", "magnitude", "snip", "grasp", "synflow")
 ABLATIONS = ("original", "shuffle", "reinit", "invert")
@@ -30,7 +32,8 @@ PRUNE_HIGHEST = {"grasp"}  # GraSP removes the weights whose removal reduces gra
 GRASP_TEMPERATURE = 200  # logits ÷ 200 before the loss, as Wang et al. and OpenLTH
 DENSE_METHOD = "none"  # the one shared sparsity-0 run
 SUMMARY_COLUMNS = ["method", "ablation", "sparsity", "start_acc", "final_acc", "zeros", "prunable",
-                   "epochs", "score_seconds"]
+                   "epochs", "score_seconds", "collapsed_layers", "classifier_collapsed", "chosen_by_score"]
+SCORE_BATCH_SIZE = 256  # Synaptic-Flow's --prune-batch-size: score images per piece
 RUN_OUTPUTS = ("mask.pt", "start.pt", "final.pt")  # what a finished run's folder holds
 
 
@@ -80,27 +83,57 @@ def _batch(model, batch):
     return to_pixels(batch["images"].to(device)), batch["labels"].to(device)
 
 
-def snip_scores(model, batch):
-    """|w ⊙ ∂L/∂w|, L = mean cross-entropy on the score batch, train mode (batch statistics)."""
-    net = _scoring_copy(model).train()
-    weights = prunable_weights(net)
+def _score_chunks(net, batch, batch_size):
+    """The score batch in consecutive pieces of at most `batch_size` images (the authors' data
+    loader): each piece's loss is its own mean, and a score averages the pieces."""
     x, y = _batch(net, batch)
-    loss = F.cross_entropy(net(x), y)
-    grads = torch.autograd.grad(loss, list(weights.values()))
-    return {n: (w * g).abs().detach().cpu() for (n, w), g in zip(weights.items(), grads)}
+    size = len(y) if batch_size is None else batch_size
+    return list(zip(x.split(size), y.split(size)))
 
 
-def grasp_scores(model, batch, temperature=GRASP_TEMPERATURE):
-    """−w ⊙ Hg: g = ∂L/∂w (detached), Hg = ∂(gᵀ ∂L/∂w)/∂w by double backprop, L the mean
-    cross-entropy of logits ÷ `temperature` on the whole score batch in one pass, train mode."""
+def snip_scores(model, batch, batch_size=None):
+    """|w ⊙ ∂L/∂w|, L = the mean over pieces of `batch_size` images (one piece when None) of
+    each piece's mean cross-entropy, train mode (each piece's batch statistics), as
+    Synaptic-Flow's SNIP accumulates per batch. Plain fp32 (`strict_fp32`: no TF32, no autocast)."""
     net = _scoring_copy(model).train()
     weights = prunable_weights(net)
     params = list(weights.values())
-    x, y = _batch(net, batch)
-    loss = F.cross_entropy(net(x) / temperature, y)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    g_dot_grad = sum((g.detach() * h).sum() for g, h in zip(grads, grads))
-    hg = torch.autograd.grad(g_dot_grad, params)
+    chunks = _score_chunks(net, batch, batch_size)
+    with strict_fp32(next(net.parameters()).device):
+        grads = [torch.zeros_like(w) for w in params]
+        for x, y in chunks:
+            for g, d in zip(grads, torch.autograd.grad(F.cross_entropy(net(x), y), params)):
+                g += d / len(chunks)
+    return {n: (w * g).abs().detach().cpu() for (n, w), g in zip(weights.items(), grads)}
+
+
+def grasp_scores(model, batch, temperature=GRASP_TEMPERATURE, batch_size=None):
+    """−w ⊙ Hg: g = ∂L/∂w (detached), Hg = ∂(gᵀ ∂L/∂w)/∂w by double backprop, L the mean
+    cross-entropy of logits ÷ `temperature`, train mode. With pieces of `batch_size` images
+    (one piece when None), as Wang et al.'s and Synaptic-Flow's code: g averages the pieces'
+    gradients, then Hg averages each piece's ∂(gᵀ ∂L_piece/∂w)/∂w. Plain fp32 (`strict_fp32`)."""
+    net = _scoring_copy(model).train()
+    weights = prunable_weights(net)
+    params = list(weights.values())
+    chunks = _score_chunks(net, batch, batch_size)
+    loss = lambda x, y, **kw: torch.autograd.grad(  # noqa: E731
+        F.cross_entropy(net(x) / temperature, y), params, **kw)
+    with strict_fp32(next(net.parameters()).device):
+        if len(chunks) == 1:  # the one pass: g and its graph from the same forward
+            grads = loss(*chunks[0], create_graph=True)
+            g_dot_grad = sum((g.detach() * h).sum() for g, h in zip(grads, grads))
+            hg = torch.autograd.grad(g_dot_grad, params)
+        else:
+            g = [torch.zeros_like(w) for w in params]
+            for x, y in chunks:
+                for a, d in zip(g, loss(x, y)):
+                    a += d / len(chunks)
+            hg = [torch.zeros_like(w) for w in params]
+            for x, y in chunks:
+                grads = loss(x, y, create_graph=True)
+                z = sum((a * h).sum() for a, h in zip(g, grads))
+                for a, d in zip(hg, torch.autograd.grad(z, params)):
+                    a += d / len(chunks)
     return {n: (-w * h).detach().cpu() for (n, w), h in zip(weights.items(), hg)}
 
 
@@ -143,10 +176,12 @@ def synflow_survivors(n, sparsity, iterations):
     return out
 
 
-def synflow_mask(model, sparsity, iterations, invert=False):
+def synflow_mask(model, sparsity, iterations, invert=False, choice=None):
     """(mask, last round's scores): K rounds, each re-scoring the masked net and keeping the
     scheduled survivors. Pruned weights stay pruned in every round; inverted, each round prunes
-    the highest-scoring survivors instead of the lowest."""
+    the highest-scoring survivors instead of the lowest. `choice` (a ScoreChoice), if given,
+    counts each round's removals against that round's cut: a weight removed while tied with a
+    kept one (all scores 0 once the classifier is gone) was chosen by position."""
     flow = SynFlowNet(model)
     n = sum(w.numel() for w in flow.weights.values())
     mask, scores = None, None
@@ -156,27 +191,34 @@ def synflow_mask(model, sparsity, iterations, invert=False):
         if mask is not None:  # already pruned: first in line again, whichever end is pruned
             for k in ranked:
                 ranked[k][mask[k] == 0] = float("inf") if invert else float("-inf")
-        mask = global_count_mask(ranked, n - alive, prune_highest=invert)
+        before, mask = mask, global_count_mask(ranked, n - alive, prune_highest=invert)
+        if choice is not None:
+            choice.add(ranked, mask, before, prune_highest=invert)
     return mask, scores
 
 
-def one_shot_scores(method, model, batch, seed):
-    """Scores of a one-shot method on the init `model` (SynFlow is iterative: `synflow_mask`)."""
+def one_shot_scores(method, model, batch, seed, batch_size=None):
+    """Scores of a one-shot method on the init `model` (SynFlow is iterative: `synflow_mask`);
+    SNIP and GraSP average pieces of `batch_size` score images (None: the whole batch at once)."""
     weights = prunable_weights(model)
     if method == "random":
         return random_scores(weights, seed)
     if method == "magnitude":
         return magnitude_scores(weights)
     if method == "snip":
-        return snip_scores(model, batch)
+        return snip_scores(model, batch, batch_size=batch_size)
     if method == "grasp":
-        return grasp_scores(model, batch)
+        return grasp_scores(model, batch, batch_size=batch_size)
     raise ValueError(f"no one-shot score for {method!r}")
 
 
 def one_shot_mask(method, scores, sparsity, invert=False):
     """The exact global selection of `scores`: the method's end, or the other end when inverted."""
-    return global_score_mask(scores, sparsity, prune_highest=(method in PRUNE_HIGHEST) != invert)
+    return global_score_mask(scores, sparsity, prune_highest=prunes_highest(method, invert))
+
+
+def prunes_highest(method, invert=False):
+    return (method in PRUNE_HIGHEST) != invert
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,14 +272,18 @@ def run_config(config, method, ablation, sparsity):
 
 
 def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model, arch, config,
-                     score_seconds, checkpoint_extra=None):
+                     score_seconds, chosen_by_score=None, checkpoint_extra=None):
     """Train one masked subnetwork in its folders; return its summary.csv row.
+
+    summary.json records the mask's `collapsed_layers`, `classifier_collapsed` and
+    `chosen_by_score` (utils.pruning); the row joins the empty layers' names with ";".
 
     checkpoints/<run>/<method>/<ablation>/sparsity_<s>/{mask.pt,start.pt,final.pt},
     results/<run>/…/{trajectory.csv,summary.json,sparsity_report.json}. A finished run is
     skipped and an interrupted one resumes with the mask.pt it started with (`plan_run` decides).
     """
     folder = run_folder(run_name, method, ablation, sparsity)
+    classifier = classifier_weight_name(model)
     ckpt_dir, results_dir = setup.checkpoint_dir / folder, setup.results_dir / folder
     config = run_config(config, method, ablation, sparsity)
     plan = plan_run(ckpt_dir, results_dir, config, RUN_OUTPUTS, setup.run.force)
@@ -254,13 +300,19 @@ def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model
         model, setup.train, setup.test, setup.hp, arch=arch, config=config, ckpt_dir=ckpt_dir,
         results_dir=results_dir, seed=setup.run.seed, force=plan.fresh, outputs=RUN_OUTPUTS,
         save_as=[(0, "start.pt"), (epochs, "final.pt")], mask=mask, checkpoint_extra=checkpoint_extra,
-        desc=f"{method} {ablation} {100 * sparsity:g}%", **setup.train_kwargs())
+        desc=f"{method} {ablation} {100 * sparsity:g}%",
+        callbacks=[SummaryFields(chosen_by_score=chosen_by_score)], **setup.train_kwargs())
     report = sparsity_report(mask)
+    facts = mask_facts(mask, classifier)  # of the mask the run trained with
+    chosen = summary.get("chosen_by_score", chosen_by_score)  # a finished run keeps its own
     save_json(report, results_dir / "sparsity_report.json")
     return {"method": method, "ablation": ablation, "sparsity": sparsity,
             "start_acc": summary["start_test_acc"], "final_acc": summary["test_acc"],
             "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"],
-            "epochs": summary["epochs"], "score_seconds": score_seconds}
+            "epochs": summary["epochs"], "score_seconds": score_seconds,
+            "collapsed_layers": ";".join(facts["collapsed_layers"]),
+            "classifier_collapsed": facts["classifier_collapsed"],
+            "chosen_by_score": "" if chosen is None else chosen}
 
 
 def write_summary(rows, path):

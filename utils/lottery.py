@@ -16,12 +16,13 @@ from models import get_model, model_from_checkpoint, prunable_weights, read_chec
 from utils.errors import UserError
 from utils.experiment import pct_name
 from utils.io import load_csv, load_json, load_torch, save_csv, save_torch
-from utils.pruning import apply_mask, global_magnitude_mask, num_to_prune, random_mask_like
-from utils.train import cpu_generator, plan_run, seeded, train_run
+from utils.pruning import apply_mask, collapsed_layers, global_magnitude_mask, num_to_prune, random_mask_like
+from utils.train import SummaryFields, cpu_generator, plan_run, seeded, train_run
 
 METHODS = ("oneshot", "imp", "reinit", "random")
 CONTROLS = ("reinit", "random")
-SUMMARY_COLUMNS = ["method", "sparsity", "round", "dense_acc", "ticket_acc", "retrained_acc"]
+SUMMARY_COLUMNS = ["method", "sparsity", "round", "dense_acc", "ticket_acc", "retrained_acc",
+                   "collapsed_layers", "chosen_by_score"]
 TOL = 1e-9  # float slack when deciding that a full IMP step reaches a target
 DENSE_HINT = "python train_dense.py"
 TICKET_OUTPUTS = ("mask.pt", "start.pt", "final.pt")  # what a finished ticket's folder holds
@@ -183,8 +184,10 @@ def check_imp_history(setup, run_name, schedule, rate):
 
 
 def run_ticket(setup, *, method, sparsity, round_no, mask, model, arch, config, run_name,
-               extra_config=None, checkpoint_extra=None):
+               extra_config=None, checkpoint_extra=None, chosen_by_score=None):
     """Train one ticket (`model` already masked) in its own folders; return its summary row.
+    `chosen_by_score` (utils.pruning.ScoreChoice) goes into summary.json beside the mask's
+    `collapsed_layers`; the row has both (the empty layers joined by ";").
 
     Folders: <checkpoint-dir>/<run_name>/<method>/sparsity_<s>/{mask.pt,start.pt,final.pt} and
     <results-dir>/<run_name>/<method>/sparsity_<s>/trajectory.csv (row 0 = the untrained ticket).
@@ -203,9 +206,11 @@ def run_ticket(setup, *, method, sparsity, round_no, mask, model, arch, config, 
         ckpt_dir=ckpt_dir, results_dir=results_dir, seed=setup.run.seed, force=plan.fresh,
         save_as=[(0, "start.pt"), (epochs, "final.pt")], mask=mask, outputs=TICKET_OUTPUTS,
         checkpoint_extra=checkpoint_extra, desc=f"{method} round {round_no} {100 * sparsity:g}%",
-        **setup.train_kwargs())
+        callbacks=[SummaryFields(chosen_by_score=chosen_by_score)], **setup.train_kwargs())
+    chosen = summary.get("chosen_by_score", chosen_by_score)
     return {"method": method, "sparsity": sparsity, "round": round_no,
-            "ticket_acc": summary["start_test_acc"], "retrained_acc": summary["test_acc"]}
+            "ticket_acc": summary["start_test_acc"], "retrained_acc": summary["test_acc"],
+            "collapsed_layers": ";".join(collapsed_layers(mask)), "chosen_by_score": "" if chosen is None else chosen}
 
 
 def write_summary(rows, path, dense_acc):

@@ -6,6 +6,11 @@ lowest scores first (or the highest, with `prune_highest`), ties broken by posit
 order, then flat index), so the same scores always give the same mask. Magnitude pruning is
 this selection over |w|; pruning at initialisation uses it over SNIP, GraSP, SynFlow... scores.
 BatchNorm parameters and biases are never candidates.
+
+Two facts tell a degenerate mask from a test of its score (`mask_facts`): the layers it leaves
+empty (`collapsed_layers`; an empty classifier makes the network a constant whatever else is
+kept) and `chosen_by_score`, the share of removed weights the score decided (`ScoreChoice`).
+How reports word a collapsed mask is `utils.plots.common.collapse_note` (no torch there).
 """
 import hashlib
 
@@ -111,6 +116,74 @@ def magnitude_mask_at_sparsity(weights, sparsity, scope="global", mask=None):
     if scope == "layerwise":
         return layerwise_magnitude_mask(weights, sparsity, mask)
     raise UserError(f"unknown pruning scope {scope!r}; choose one of {', '.join(SCOPES)}")
+
+
+def collapsed_layers(mask):
+    """Names of the layers `mask` leaves empty (every weight removed), in the mask's order."""
+    return [n for n, m in mask.items() if m.numel() and not bool((m != 0).any())]
+
+
+class ScoreChoice:
+    """How many removed weights a score decided, over one or more selections (SynFlow's rounds,
+    IMP's rounds, one layer at a time for layer-wise masks).
+
+    One selection keeps the weights `mask` keeps and removes those it zeroes that `before` kept
+    (every zero without `before`). A removed weight is decided by the score when its score is
+    strictly below the lowest kept score (strictly above the highest, `prune_highest`): every
+    tie-break would have removed it. The rest were tied with a kept weight at the cut (e.g. all
+    scores 0 once the classifier is gone) and were removed by position, not by score. With no
+    weight kept every removal is decided (any ranking removes everything).
+    `share` = decided / removed over all selections added, None when nothing was removed.
+    """
+
+    def __init__(self):
+        self.decided = 0
+        self.removed = 0
+
+    def add(self, scores, mask, before=None, prune_highest=False, layerwise=False):
+        """Count one selection (`layerwise`: one per layer, each with its own cut); returns self."""
+        if layerwise:
+            for n in mask:
+                self.add({n: scores[n]}, {n: mask[n]}, None if before is None else {n: before[n]},
+                         prune_highest)
+            return self
+        flat = torch.cat([scores[n].detach().double().cpu().flatten() for n in mask])
+        keep = torch.cat([mask[n].detach().cpu().flatten() != 0 for n in mask])
+        removed = ~keep
+        if before is not None:
+            removed &= torch.cat([before[n].detach().cpu().flatten() != 0 for n in mask])
+        if keep.any():
+            kept = flat[keep]
+            beyond = flat > kept.max() if prune_highest else flat < kept.min()
+        else:
+            beyond = torch.ones_like(keep)
+        self.decided += int((removed & beyond).sum())
+        self.removed += int(removed.sum())
+        return self
+
+    @property
+    def share(self):
+        return self.decided / self.removed if self.removed else None
+
+
+def chosen_by_score(scores, mask, prune_highest=False):
+    """`ScoreChoice.share` of one selection of `mask` from `scores`."""
+    return ScoreChoice().add(scores, mask, prune_highest=prune_highest).share
+
+
+def magnitude_choice(weights, mask, before=None, scope="global", choice=None):
+    """The `ScoreChoice` of a magnitude mask of `weights` (the removals `before` had not made):
+    |w| against the global cut, or each layer's own with scope "layerwise"; added to `choice`
+    when given (IMP's rounds), else a new one."""
+    choice = ScoreChoice() if choice is None else choice
+    return choice.add(_magnitude_scores(weights, before), mask, before, layerwise=scope == "layerwise")
+
+
+def mask_facts(mask, classifier=None):
+    """summary.json's collapse facts of `mask`: `collapsed_layers` and `classifier_collapsed`
+    (`classifier`, the output layer's weight name, among them)."""
+    empty = collapsed_layers(mask)
+    return {"collapsed_layers": empty, "classifier_collapsed": classifier is not None and classifier in empty}
 
 
 def random_mask_like(mask, generator):

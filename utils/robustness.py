@@ -13,7 +13,7 @@ TRAININGS = ("natural", "pgd")
 MASK_SOURCES = ("natural", "pgd")
 SUMMARY_COLUMNS = ["model", "arch", "training", "sparsity", "clean_acc", "fgsm_acc", "pgd_acc",
                    "mask_from", "params", "experiment", "eps", "step", "eval_steps", "images",
-                   "seed", "checkpoint"]
+                   "seed", "checkpoint", "collapsed_layers", "chosen_by_score"]
 ATTACK_KEYS = ("eps", "step", "eval_steps", "images", "seed")
 # (mask source, training) -> column prefix of tickets.csv
 TICKET_KINDS = {("natural", "natural"): "natural_ticket",

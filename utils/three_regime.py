@@ -20,7 +20,6 @@ regime everywhere on it).
 
 Every path point and every CKA output is computed in plain fp32 (no autocast, no TF32).
 """
-import contextlib
 import math
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from utils.config import TrainConfig
 from utils.errors import UserError
 from utils.io import load_json, save_csv, save_json
 from utils.pruning import layerwise_magnitude_mask, weights_fingerprint
+from utils.train import strict_fp32
 
 AXES = ("epochs", "batch-size")
 GRIDS = {  # axis -> grid -> (temperatures, densities, copies)
@@ -45,7 +45,8 @@ REFERENCE_BATCH = 128  # the batch size the dense run's epochs are counted in
 BN_BATCH = 64  # BatchNorm statistics are re-estimated on batches of this size (the authors' lmc.py --train-batch)
 SUMMARY_COLUMNS = ["axis", "temperature", "density", "dense_acc", "pruned_acc", "pruned_acc_std",
                    "retrained_acc", "retrained_acc_std", "mc", "mc_std", "barrier", "barrier_std",
-                   "cka", "cka_std", "pairs", "regime", "mc_from", "mc_endpoint_pairs", "robust"]
+                   "cka", "cka_std", "pairs", "regime", "mc_from", "mc_endpoint_pairs", "robust",
+                   "collapsed_layers", "chosen_by_score"]
 LMC_COLUMNS = ["alpha", "train_loss", "train_error", "train_wrong", "train_images"]
 REGIMES = ("I", "II-A", "II-B")
 UNDECIDED = "undecided"
@@ -121,17 +122,6 @@ def conv_density_mask(weights, density):
 # ---------------------------------------------------------------------------------------------
 # The linear path between two networks
 
-@contextlib.contextmanager
-def strict_fp32():
-    """Plain fp32 arithmetic: no TF32 in CUDA matmuls/convolutions while inside."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 @torch.no_grad()
 def interpolate(model, params_a, params_b, alpha):
     """Set every parameter of `model` (BatchNorm γ and β included) to (1−α)·a + α·b.
@@ -171,7 +161,7 @@ def reestimate_bn(model, split, max_batches=0, batch_size=BN_BATCH):
     was_training = model.training
     model.train()
     try:
-        with strict_fp32():
+        with strict_fp32(split.device):
             for i, (x, _) in enumerate(split.batches(batch_size)):
                 if max_batches and i >= max_batches:
                     break
@@ -191,7 +181,7 @@ def evaluate_fp32(model, split, batch_size=1000):
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
     wrong = torch.zeros((), dtype=torch.long, device=split.device)
-    with strict_fp32():
+    with strict_fp32(split.device):
         for x, y in split.batches(batch_size):
             out = model(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum").double()
@@ -282,7 +272,7 @@ def softmax_outputs(model, split, n_images, batch_size=1000):
     was_training = model.training
     model.eval()
     outs, seen = [], 0
-    with strict_fp32():
+    with strict_fp32(split.device):
         for x, _ in split.batches(batch_size):
             if seen >= n_images:
                 break

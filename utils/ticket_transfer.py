@@ -22,8 +22,9 @@ from utils.config import TrainConfig, as_dict
 from utils.errors import UserError
 from utils.io import load_csv, save_csv, save_json, save_torch
 from utils.lottery import masks_equal, source_weights, write_mask
-from utils.pruning import apply_mask, layerwise_magnitude_mask, random_mask_like
-from utils.train import cpu_generator, make_optimizer, seeded, train_run
+from utils.pruning import (ScoreChoice, apply_mask, collapsed_layers, layerwise_magnitude_mask,
+                           magnitude_choice, random_mask_like)
+from utils.train import SummaryFields, cpu_generator, make_optimizer, seeded, train_run
 
 HINT = "python ticket_transfer.py"
 ARCHS = ("lenet300", "lenet5")
@@ -31,7 +32,7 @@ OPTIMIZERS = ("adam", "sgd")
 CONTROLS = ("random", "reinit")
 TICKETS = ("imp",) + CONTROLS
 SUMMARY_COLUMNS = ["experiment", "arch", "ticket", "mask_from", "trained_on", "round", "density",
-                   "dense_acc", "ticket_acc", "final_acc"]
+                   "dense_acc", "ticket_acc", "final_acc", "collapsed_layers", "chosen_by_score"]
 
 
 @dataclass(frozen=True)
@@ -245,9 +246,10 @@ class Context:
         save_torch(ckpt, path)
         return ckpt
 
-    def run(self, init_ckpt, side, *, ticket, mask_from, round_no, mask):
+    def run(self, init_ckpt, side, *, ticket, mask_from, round_no, mask, chosen_by_score=None):
         """Train one ticket (mask on the shared init, or on a fresh init for `reinit`) on `side`;
-        return (summary row, path of final.pt)."""
+        return (summary row, path of final.pt). The row and summary.json carry the mask's
+        `collapsed_layers` and `chosen_by_score` (utils.pruning)."""
         folder = folder_name(ticket, mask_from, side.name, round_no)
         ckpt_dir, results_dir = self.ckpt_root / folder, self.results_root / folder
         write_mask(ckpt_dir / "mask.pt", mask, self.force)
@@ -264,10 +266,12 @@ class Context:
             save_as=[(0, "start.pt"), (self.hp.epochs, "final.pt")], mask=mask,
             checkpoint_extra={"num_classes": self.num_classes},
             desc=f"{self.experiment} {self.arch} {folder.parent.name} round {round_no}",
-            optimizer=optimizer_factory(side.optimizer))
+            optimizer=optimizer_factory(side.optimizer), callbacks=[SummaryFields(chosen_by_score=chosen_by_score)])
         row = {"experiment": self.experiment, "arch": self.arch, "ticket": ticket, "mask_from": mask_from,
                "trained_on": side.name, "round": round_no, "density": density(mask),
-               "ticket_acc": summary["start_test_acc"], "final_acc": summary["test_acc"]}
+               "ticket_acc": summary["start_test_acc"], "final_acc": summary["test_acc"],
+               "collapsed_layers": ";".join(collapsed_layers(mask)),
+               "chosen_by_score": "" if chosen_by_score is None else chosen_by_score}
         return row, ckpt_dir / "final.pt"
 
 
@@ -282,15 +286,22 @@ def run_experiment(ctx, sides, rounds, controls):
     init_ckpt = ctx.init_checkpoint()
     template = model_from_checkpoint(init_ckpt)
     masks = {s.name: dense_mask(template) for s in sides}
+    # per side, how many of its mask's removals |w| decided over the rounds (the rest ties at a
+    # layer's cut, removed by position); transferred tickets and controls carry their mask's
+    choices = {s.name: ScoreChoice() for s in sides}
     finals, rows, dense_acc = {}, [], {}
     for r in range(rounds + 1):
         # Own tickets: round r's mask from round r−1's trained weights (round 00: dense).
         if r:
             keep = round_keep_counts(template, ctx.rate, r)
-            masks = {s.name: imp_mask(trained_weights(finals[s.name]), masks[s.name], keep) for s in sides}
+            for s in sides:
+                trained = trained_weights(finals[s.name])
+                mask = imp_mask(trained, masks[s.name], keep)
+                magnitude_choice(trained, mask, masks[s.name], scope="layerwise", choice=choices[s.name])
+                masks[s.name] = mask
         for s in sides:
             row, finals[s.name] = ctx.run(init_ckpt, s, ticket="imp", mask_from=s.name, round_no=r,
-                                          mask=masks[s.name])
+                                          mask=masks[s.name], chosen_by_score=choices[s.name].share)
             if r == 0:
                 dense_acc[s.name] = row["final_acc"]
             rows.append(row)
@@ -301,15 +312,16 @@ def run_experiment(ctx, sides, rounds, controls):
             for other in sides:
                 if other.name != s.name:
                     rows.append(ctx.run(init_ckpt, s, ticket="imp", mask_from=other.name, round_no=r,
-                                        mask=masks[other.name])[0])
+                                        mask=masks[other.name], chosen_by_score=choices[other.name].share)[0])
         # Controls: a random mask with the same per-layer counts; the own mask re-initialised.
         for s in sides:
             if "random" in controls:
                 mask = random_control(masks[s.name], ctx.seed, ctx.experiment, ctx.arch, s.name, r)
-                rows.append(ctx.run(init_ckpt, s, ticket="random", mask_from=s.name, round_no=r, mask=mask)[0])
+                rows.append(ctx.run(init_ckpt, s, ticket="random", mask_from=s.name, round_no=r, mask=mask,
+                                    chosen_by_score=choices[s.name].share)[0])
             if "reinit" in controls:
                 rows.append(ctx.run(init_ckpt, s, ticket="reinit", mask_from=s.name, round_no=r,
-                                    mask=masks[s.name])[0])
+                                    mask=masks[s.name], chosen_by_score=choices[s.name].share)[0])
     return [dict(row, dense_acc=dense_acc[row["trained_on"]]) for row in rows]
 
 

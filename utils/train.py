@@ -17,6 +17,7 @@ columns (`WeightDistance`, `DistanceFromEpoch1`, `ExtraMetrics`), batch perturba
     on_row(run)                after each row is recorded (epoch 0 and after every epoch)
     perturb(model, x, y) -> x  replaces each training batch
     outputs                    files under ckpt_dir a finished run must have
+    summary(run) -> dict       extra summary.json entries (e.g. `SummaryFields`)
     state_dict() / load_state_dict(state)   what resume.pt must keep for it
 
 `run` (a `Run`) carries the model, the epoch just completed, the rows, the folders and
@@ -38,10 +39,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from models import count_params, prunable_weights
+from models import classifier_weight_name, count_params, prunable_weights
 from utils.errors import UserError
 from utils.inference import folded
 from utils.io import load_json, load_torch, save_csv, save_json, save_torch
+from utils.pruning import mask_facts
 
 TRAJECTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 # Settings that may change between the start and the resume of a run without changing its result.
@@ -128,6 +130,18 @@ def autocast(device, precision="auto"):
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def strict_fp32(device):
+    """Plain fp32 arithmetic: no autocast, and on CUDA no TF32 in matmuls or cuDNN convolutions."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(torch.device(device).type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -365,11 +379,24 @@ class Callback:
     def on_row(self, run):
         pass
 
+    def summary(self, run):
+        return {}
+
     def state_dict(self):
         return None
 
     def load_state_dict(self, state):
         pass
+
+
+class SummaryFields(Callback):
+    """Fixed entries added to summary.json (e.g. the mask's `chosen_by_score`)."""
+
+    def __init__(self, **fields):
+        self.fields = fields
+
+    def summary(self, run):
+        return dict(self.fields)
 
 
 class SaveCheckpoints(Callback):
@@ -623,6 +650,9 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     if mask:
         zeros = sum(int((m == 0).sum()) for m in mask.values())
         summary["sparsity"] = zeros / sum(m.numel() for m in mask.values())
+        summary.update(mask_facts(mask, classifier_weight_name(model)))
+    for c in callbacks:
+        summary.update(c.summary(run))
     save_json(summary, results_dir / "summary.json")
     resume_path.unlink(missing_ok=True)
     return summary

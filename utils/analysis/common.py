@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from utils.document import Table
 from utils.noise import compare, listing, threshold  # noqa: F401  (re-exported for the sections)
 from utils.plots.common import arch_label, pct  # noqa: F401  (re-exported for the sections)
+from utils.plots.common import collapse_note
 from utils.replicates import sd_of
 
 # How far below the dense accuracy still counts as "matching" it (a ticket, a retrained net).
@@ -150,3 +151,21 @@ def verdict_table(doc, task, claims):
                     "run does not reach, is not testable at this scale)",
                     ["claim", "source", "measured here", "verdict"],
                     [[c.claim, c.source, c.measured, c.verdict] for c in claims]))
+
+
+def masks_paragraph(doc, rows, label):
+    """The line on the masks behind `rows` (summary.csv rows with `collapsed_layers` and
+    `chosen_by_score`; `label(row)` names one): the lowest share of removals a score decided,
+    and every mask that leaves a layer empty, which no sentence may call better or worse."""
+    shares = [r["chosen_by_score"] for r in rows if isinstance(r.get("chosen_by_score"), float)]
+    collapsed = [r for r in rows if collapse_note(r)]
+    if not shares and not collapsed:
+        return
+    text = (f"Masks: chosen_by_score (the share of removed weights the score decided, not a tie at "
+            f"the cut) is {min(shares):.3f} at the lowest over {len(shares)} mask(s); " if shares else "Masks: ")
+    if collapsed:
+        text += ("layer collapse in " + "; ".join(f"{label(r)}: {collapse_note(r)}" for r in collapsed)
+                 + ". Their accuracies are listed but are not a comparison of the score.")
+    else:
+        text += "no mask leaves a layer empty."
+    doc.p(text)

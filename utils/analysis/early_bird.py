@@ -1,9 +1,9 @@
 """Task 4: which Early-Bird ticket epoch is best, is early better than late, and what does the
 detector pick? Every comparison pairs the numbers by seed and follows the report's noise rule
 (utils/noise.py); the best epoch is the one with the highest mean."""
-from utils.analysis.common import (MATCH_POINTS, NOT_REPRODUCED, NOT_TESTABLE, Claim, acc, acc_sd, combined, compare,
-                                   listing, missing, not_run, pct, seed_values, seeds_caption, threshold, verdict_of,
-                                   verdict_table, within_says)
+from utils.analysis.common import (MATCH_POINTS, NOT_REPRODUCED, NOT_TESTABLE, Claim, acc, acc_sd, combined,
+                                   compare, listing, masks_paragraph, missing, not_run, pct, seed_values,
+                                   seeds_caption, threshold, verdict_of, verdict_table, within_says)
 from utils.document import Table
 
 
@@ -33,6 +33,7 @@ def section(doc, res):
                         "pruned ticket before and after retraining, and the compact network's size" + seeds_caption(res),
                         cols, table_rows))
         doc.p(_retraining(rows))
+        masks_paragraph(doc, rows, lambda r: f"epoch {int(r['ticket_epoch'])} ratio {pct(r['ratio'])}")
         doc.figure("early_bird_accuracy")
         doc.figure("early_bird_trajectories")
         doc.h2("Which ticket epoch is best, and is early better than late?")

@@ -2,8 +2,9 @@
 results/earlycrop/{summary.csv,detection.json} when the report is made. Every accuracy
 comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
 from utils.plots.earlycrop import LABELS, summary_rows
-from utils.analysis.common import (MATCH_POINTS, Claim, acc_sd, acc, combined, compare, not_run, same, seeds_caption,
-                                   threshold, verdict_of, verdict_table, within_says)
+from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, combined, compare, masks_paragraph,
+                                   not_run, same, seeds_caption, threshold, verdict_of, verdict_table,
+                                   within_says)
 from utils.document import Table
 
 COMMAND = "python earlycrop.py"
@@ -104,6 +105,7 @@ def _results(doc, res):
     ordered = sorted(rows, key=lambda r: (r["method"] != "dense", r["sparsity"], order.get(r["method"], 99)))
     doc.table(Table("earlycrop", "EarlyCroP and baselines: last-epoch test accuracy (%), sparsities, cost, "
                     "size (results/earlycrop/summary.csv)" + seeds_caption(res), columns, [_row(r) for r in ordered]))
+    masks_paragraph(doc, ordered, lambda r: f"{r['method']} {r['sparsity']:g}")
     missing = [r for r in all_rows if not isinstance(r.get("test_acc"), float) and r.get("source")]
     if missing:
         doc.bullets([f"{r['method']} at sparsity {r['sparsity']:g}: {r['source']}" for r in missing])

@@ -1,8 +1,9 @@
 """Task 3: is there a lottery-ticket effect (tickets against the original and the controls),
 and how do Task 2's fine-tuned networks compare with Task 3's rewound tickets? Every comparison
 pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
-from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, compare, listing, missing, not_run, pct, same,
-                                   seed_values, seeds_caption, threshold, verdict_of, verdict_table, within_says)
+from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, compare, listing, masks_paragraph,
+                                   missing, not_run, pct, same, seed_values, seeds_caption, threshold,
+                                   verdict_of, verdict_table, within_says)
 from utils.document import Table
 
 METHOD_ORDER = ["oneshot", "imp", "reinit", "random"]
@@ -56,6 +57,7 @@ def _results(doc, res):
     doc.table(Table("lottery", "Task 3: test accuracy (%) of the original network, of the ticket (mask on the "
                     "rewound weights, before training) and of the trained ticket" + seeds_caption(res),
                     ["method", "sparsity", "round", "original", "ticket (untrained)", "retrained"], table_rows))
+    masks_paragraph(doc, rows, lambda r: f"{METHOD_NAMES.get(r['method'], r['method'])} {pct(r['sparsity'])}")
     for m in methods:
         doc.figure(f"lottery_{m}_trajectories" if m in ("oneshot", "imp") else f"lottery_control_{m}_trajectories")
 

@@ -6,9 +6,9 @@ network and that fine-tuned dense network: the extra epochs alone can raise accu
 the second comparison says whether pruning itself helps. Every comparison pairs the numbers by
 seed and follows the report's noise rule (utils/noise.py).
 """
-from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, arch_label, combined, compare, listing, missing,
-                                   not_run, pct, seed_values, seeds_caption, signed, threshold, verdict_of,
-                                   verdict_table, within_says)
+from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, arch_label, combined, compare, listing,
+                                   masks_paragraph, missing, not_run, pct, seed_values, seeds_caption, signed,
+                                   threshold, verdict_of, verdict_table, within_says)
 from utils.document import Table
 
 
@@ -37,6 +37,7 @@ def _results(doc, res):
     doc.table(Table("magnitude", f"Task 2: {arch_label(res, 'magnitude')} test accuracy (%) before pruning, after "
                     "pruning (not retrained) and after retraining" + seeds_caption(res), columns,
                     [line(r) for r in rows]))
+    masks_paragraph(doc, rows, lambda r: pct(r["sparsity"]))
     doc.figure("magnitude_trajectories")
     if not pruned:
         doc.p("Only the sparsity-0 (fine-tuned dense) run is in the results: run python prune_magnitude.py "

@@ -3,6 +3,8 @@ answers (who beats random, the gap to pruning after training, whether shuffling 
 re-initialising keep the accuracy and inverting lowers it), every number computed from
 results/prune_at_init/ (and Tasks 2-3's summaries for the comparison) when the report is made.
 Every comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py).
+A comparison involving a collapsed mask (a layer left empty) is never called better or worse: it
+reads "layer collapse (classifier empty): not a test of the score" (utils.pruning.collapse_note).
 """
 import statistics
 
@@ -11,6 +13,7 @@ from utils.plots.prune_at_init import METHOD_NAMES, METHODS, RUN, dense_accuracy
 from utils.analysis.common import (NOT_TESTABLE, Claim, acc, acc_sd, combined, compare, listing, not_run, same,
                                    seed_values, seeds_caption, threshold, verdict_of, verdict_table)
 from utils.document import Table
+from utils.plots.common import collapse_note
 
 # An ablation "keeps" the accuracy when it ends no more than this many points below the original;
 # inversion "lowers" it when it ends more than this many points below (the report's MATCH_POINTS).
@@ -48,19 +51,64 @@ def _seed_means(res, method, ablation, sparsities):
 
 
 def _against_original(res, rows, method, ablation):
-    """(the sparsities both ran, per sparsity `threshold` of ablation vs original against POINTS,
-    `compare` of their per-seed means over those sparsities) for `method`."""
-    common = _common(rows, method, method, ablation=ablation)
+    """(the sparsities both ran where neither mask collapsed, per sparsity `threshold` of ablation
+    vs original against POINTS, `compare` of their per-seed means over those sparsities,
+    [(sparsity, collapse note)] of the sparsities left out) for `method`."""
+    common, skipped = _tested(rows, method, ablation, method, "original",
+                              _common(rows, method, method, ablation=ablation))
     per = [threshold(_seed_values(res, method, ablation, x), _seed_values(res, method, "original", x), POINTS)
            for x in common]
     mean = compare(_seed_means(res, method, ablation, common), _seed_means(res, method, "original", common))
-    return common, per, mean
+    return common, per, mean, skipped
 
 
 def _common(rows, method, other_method, ablation="original", other_ablation="original"):
     """The sparsities both (method, ablation) and (other_method, other_ablation) were run at."""
     a, b = _by_sparsity(rows, method, ablation), _by_sparsity(rows, other_method, other_ablation)
     return [s for s in sorted(a) if s in b]
+
+
+def _row(rows, method, ablation, sparsity):
+    return next((r for r in select(rows, method, ablation) if same(r["sparsity"], sparsity)), None)
+
+
+def _collapse(rows, *runs):
+    """The collapse note of the first of `runs` ((method, ablation, sparsity)) whose mask left a
+    layer empty, '' when none did."""
+    for run in runs:
+        row = _row(rows, *run)
+        note = collapse_note(row) if row else ""
+        if note:
+            return note
+    return ""
+
+
+def _mask_cell(row):
+    """chosen_by_score and the empty layers of one mask, e.g. '0.074, classifier + 20 empty'."""
+    if row is None:
+        return "n/a"
+    chosen = row.get("chosen_by_score")
+    share = f"{chosen:.3f}" if isinstance(chosen, float) else "-"
+    empty = row.get("collapsed_layers")
+    if not empty:
+        return share
+    n = len(str(empty).split(";"))
+    what = (f"classifier + {n - 1}" if n > 1 else "classifier") if row.get("classifier_collapsed") in (True, "True") \
+        else f"{n}"
+    return f"{share}, {what} empty"
+
+
+def _tested(rows, method, ablation, other_method, other_ablation, sparsities):
+    """(the sparsities where neither mask collapsed, [(sparsity, note)] for the others)."""
+    ok, skipped = [], []
+    for x in sparsities:
+        note = _collapse(rows, (method, ablation, x), (other_method, other_ablation, x))
+        (skipped.append((x, note)) if note else ok.append(x))
+    return ok, skipped
+
+
+def _skipped_text(skipped):
+    return "; ".join(f"{pct(x)}: {note}" for x, note in skipped)
 
 
 def section(doc, res):
@@ -94,19 +142,37 @@ def _results(doc, res):
     doc.table(Table("prune_at_init", "Test accuracy (%) after training each subnetwork pruned at "
                     "initialisation, per ablation (n/a: not run; random runs original only)" + seeds_caption(res),
                     ["method", "sparsity", "original", "shuffle", "reinit", "invert", "scoring (s)"], table_rows))
+    mask_rows = []
+    for m in methods:
+        for s in sorted({r["sparsity"] for r in select(rows, m, "original")}):
+            mask_rows.append([METHOD_NAMES[m], pct(s)] + [_mask_cell(_row(rows, m, a, s)) for a in ABLATIONS])
+    doc.table(Table("prune_at_init_masks", "The masks: chosen_by_score (the share of removed weights whose "
+                    "score was strictly beyond the cut; the rest were tied at it and removed by position) "
+                    "and the layers each mask leaves empty (layer collapse); shuffle and reinit keep the "
+                    "original's per-layer counts" + seeds_caption(res),
+                    ["method", "sparsity", "original", "shuffle", "reinit", "invert"], mask_rows))
+    collapsed = [f"{METHOD_NAMES[r['method']]} {r['ablation']} {pct(r['sparsity'])}" for r in rows
+                 if r.get("method") in methods and collapse_note(r)]
+    if collapsed:
+        doc.p("Layer collapse: " + ", ".join(collapsed) + " leave a layer empty. A network with an empty "
+              "classifier outputs a constant whatever the other weights, so these runs are not a test of "
+              "their score, and no comparison below calls them better or worse.")
     doc.figure("prune_at_init_ablations")
     doc.figure("prune_at_init_layer_density")
 
     doc.h2("Which methods beat random pruning?")
     items = []
     for m in (m for m in methods if m != "random"):
-        common = _common(rows, m, "random")
+        common, skipped = _tested(rows, m, "original", "random", "original", _common(rows, m, "random"))
         if common:
             per = [(pct(x), compare(_seed_values(res, m, "original", x), _seed_values(res, "random", "original", x)))
                    for x in common]
             mean = compare(_seed_means(res, m, "original", common), _seed_means(res, "random", "original", common))
             items.append(f"{METHOD_NAMES[m]} vs random: {listing(per, 'ahead', 'behind')}; averaged over these "
-                         f"sparsities: {mean.says('ahead', 'behind')}.")
+                         f"sparsities: {mean.says('ahead', 'behind')}."
+                         + (f" Not compared: {_skipped_text(skipped)}." if skipped else ""))
+        elif skipped:
+            items.append(f"{METHOD_NAMES[m]} vs random: {_skipped_text(skipped)}.")
     if items:
         doc.bullets(items)
     else:
@@ -149,7 +215,9 @@ def _results(doc, res):
     for m in (m for m in methods if m != "random"):
         parts = []
         for ablation, verb in (("shuffle", "keeps"), ("reinit", "keeps"), ("invert", "lowers")):
-            common, per, mean = _against_original(res, rows, m, ablation)
+            common, per, mean, skipped = _against_original(res, rows, m, ablation)
+            if skipped:
+                parts.append(f"{ablation}: {_skipped_text(skipped)}")
             if not common:
                 continue
             if not res.multi_seed:
@@ -170,17 +238,28 @@ def _results(doc, res):
           "sparsities, not its choice of individual weights, carry its result; if re-initialising keeps it, "
           "the initial values it pruned from do not matter; if inverting does not lower it, the score does "
           "not rank the weights by importance. Frankle et al. 2021 find that shuffling and re-initialising "
-          "do not hurt any method and that inverting hurts SNIP, SynFlow and magnitude but not GraSP; the "
-          "reproduction report found inverted SynFlow as accurate as the original.")
+          "do not hurt any method and that inverting hurts SNIP, SynFlow and magnitude but not GraSP. The "
+          "reproduction report (Vijayakumar et al., section 5, SynFlow) found inverted SynFlow as accurate "
+          "as the original; that is not a result to agree with when the inverted masks collapse: pruning "
+          "the highest-flow weights first empties the classifier within a few rounds, after which every "
+          "score is 0 and the remaining removals are ties broken by position (see the mask table)."
+          + (f" Here inverted SynFlow {_inverted_synflow(rows)}." if _inverted_synflow(rows) else ""))
+
+
+def _inverted_synflow(rows):
+    """What this run's inverted SynFlow masks are: collapsed at which sparsities, with their
+    chosen_by_score; '' when there are none."""
+    inverted = select(rows, "synflow", "invert")
+    if not inverted:
+        return ""
+    hit = [r for r in inverted if collapse_note(r)]
+    if not hit:
+        return "leaves no layer empty at " + ", ".join(pct(r["sparsity"]) for r in inverted)
+    return "collapses at " + ", ".join(f"{pct(r['sparsity'])} (chosen_by_score {_mask_cell(r)})" for r in hit)
 
 
 REPRO = "Frankle et al. 2021; the reproduction report"
 INVERT_HURTS = {"snip": True, "grasp": False, "synflow": True, "magnitude": True}  # Frankle et al. 2021
-
-
-def _collapsed(rows):
-    """True when a row records a layer left empty (summary column `collapsed_layers`, where present)."""
-    return any(str(r.get("collapsed_layers") or "").strip() not in ("", "[]", "0", "none", "None") for r in rows)
 
 
 def _n(sparsities):
@@ -216,7 +295,7 @@ def claims(res):
     for ablation in ("shuffle", "reinit"):
         parts, verdicts = [], []
         for m in methods:
-            common, per, mean = _against_original(res, rows, m, ablation)
+            common, per, mean, _ = _against_original(res, rows, m, ablation)
             if not common:
                 continue
             parts.append(f"{METHOD_NAMES[m]}: {mean.says()} (mean over {_n(common)})")
@@ -224,18 +303,19 @@ def claims(res):
         out.append(Claim(keeps[ablation], f"{REPRO}, Section 5", "; ".join(parts), combined(verdicts)) if parts else
                    not_run(keeps[ablation], f"{REPRO}, Section 5", f"python prune_at_init.py --ablations {ablation}"))
     for m in methods:
-        common, per, mean = _against_original(res, rows, m, "invert")
-        if not common:
+        common, per, mean, skipped = _against_original(res, rows, m, "invert")
+        if not common and not skipped:
             continue
         hurts = INVERT_HURTS.get(m, True)
         claim = (f"Inverting {METHOD_NAMES[m]}'s scores " + ("lowers the accuracy (by more than " if hurts else
                  "does not lower the accuracy (within ") + f"{POINTS:g} point here)")
-        if _collapsed(select(rows, m, "invert")):
-            out.append(Claim(claim, f"{REPRO}, Sections 2.2 and 5", "layer collapse (a layer left empty): not a test "
-                             "of the score", NOT_TESTABLE))
+        left_out = f"not a test of the score at {_skipped_text(skipped)}" if skipped else ""
+        if not common:
+            out.append(Claim(claim, f"{REPRO}, Sections 2.2 and 5", left_out, NOT_TESTABLE))
             continue
         out.append(Claim(claim, f"{REPRO}, Sections 2.2 and 5",
-                         f"inverted vs original, mean over {_n(common)}: {mean.says()}",
+                         f"inverted vs original, mean over {_n(common)}: {mean.says()}"
+                         + (f"; {left_out}" if left_out else ""),
                          combined(verdict_of(c, "down" if hurts else "up") for c in per)))
     parts, verdicts = [], []
     for r in res.magnitude:

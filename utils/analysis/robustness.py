@@ -1,7 +1,8 @@
 """Bonus: are pruned networks more robust, and what does adversarial training add? Every
 comparison pairs the numbers by seed and follows the report's noise rule (utils/noise.py)."""
-from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, combined, compare, listing, not_run, pct, same,
-                                   seeds_caption, threshold, verdict_of, verdict_table, within_says)
+from utils.analysis.common import (MATCH_POINTS, Claim, acc, acc_sd, combined, compare, listing,
+                                   masks_paragraph, not_run, pct, same, seeds_caption, threshold, verdict_of,
+                                   verdict_table, within_says)
 from utils.document import Table
 from utils.replicates import SUMMARY_KEYS
 
@@ -41,6 +42,7 @@ def _results(doc, res):
                     ["model", "arch", "training", "sparsity", "clean", "FGSM", "PGD"],
                     [[str(r["model"]), str(r.get("arch")), str(r.get("training")), pct(r["sparsity"] or 0),
                       acc_sd(r, "clean_acc"), acc_sd(r, "fgsm_acc"), acc_sd(r, "pgd_acc")] for r in rows]))
+    masks_paragraph(doc, rows, lambda r: str(r["model"]))
     doc.figure("robustness")
     doc.h2("Are pruned networks more robust?")
     items = []

@@ -5,8 +5,8 @@ comparison pairs the numbers by seed and follows the report's noise rule (utils/
 are findings only where they are robust to the thresholds (the sensitivity grid of regimes.json)."""
 import math
 
-from utils.analysis.common import (Claim, combined, compare, not_run, seed_values, seeds_caption, verdict_of,
-                                   verdict_table)
+from utils.analysis.common import (Claim, combined, compare, masks_paragraph, not_run, seed_values, seeds_caption,
+                                   verdict_of, verdict_table)
 from utils.plots import pct
 from utils.document import Table
 from utils.three_regime import AXES, REGIMES, UNDECIDED, classify
@@ -196,6 +196,7 @@ def _results(doc, res):
               f"{_f(r['retrained_acc'])} ± {_f(r.get('retrained_acc_std'))}", _f(r["mc"], 4),
               r.get("mc_from") or "n/a", _f(r["barrier"], 4), _f(r["cka"], 4), _regime_label(r, thresholds)]
              for r in rows]))
+        masks_paragraph(doc, rows, lambda r: f"{r['temperature']:g} / density {pct(r['density'])}")
         doc.figure(f"three_regime_{axis}")
         _regime_sentence(doc, rows, thresholds)
         _sensitivity_table(doc, axis, res, rows, thresholds)

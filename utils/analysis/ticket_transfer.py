@@ -9,8 +9,9 @@ follows the report's noise rule (utils/noise.py).
 import statistics
 
 from utils.plots.ticket_transfer import COMMAND, groups, kind, summary_rows
-from utils.analysis.common import (NOT_TESTABLE, Claim, acc, acc_sd, combined, compare, listing, not_run,
-                                   seeds_caption, signed, threshold, verdict_of, verdict_table)
+from utils.analysis.common import (NOT_TESTABLE, Claim, acc, acc_sd, combined, compare, listing,
+                                   masks_paragraph, not_run, seeds_caption, signed, threshold, verdict_of,
+                                   verdict_table)
 from utils.document import Table
 from utils.ticket_transfer import EXPERIMENTS as RECIPES
 
@@ -180,6 +181,7 @@ def _results(doc, res):
             doc.table(Table(f"ticket_transfer_{experiment}_{arch}_{side}",
                             f"{experiment} / {arch}, trained on {side}: test accuracy (%) after training, "
                             f"per IMP round (dense {acc(dense['final_acc'])}%)" + seeds_caption(res), columns, table_rows))
+            masks_paragraph(doc, g[key], lambda r: f"round {int(r['round'])} {r['ticket']} mask of {r['mask_from']}")
             doc.bullets(side_answers(rounds, seed_rounds(res, key)))
         for arch in dict.fromkeys(k[1] for k in keys):
             text = sides_at_same_round(res, g, experiment, arch)

@@ -324,3 +324,35 @@ def build_figure(spec, res):
         return None, f"skipped {spec.name}: no {res.root / spec.needs} (run: {spec.command})"
     return fig, None
 
+
+COLLAPSE_VERDICT = "not a test of the score"
+
+
+def collapse_note(summary):
+    """'' for a mask with no empty layer; otherwise the phrase every table and sentence uses in
+    place of better/worse: "layer collapse (classifier empty): not a test of the score"."""
+    empty = summary.get("collapsed_layers") or []
+    if isinstance(empty, str):  # a summary.csv cell: the names joined by ";"
+        empty = empty.split(";")
+    if not empty:
+        return ""
+    what = "classifier empty" if summary.get("classifier_collapsed") in (True, "True") else \
+        f"{len(empty)} layer{'s' if len(empty) > 1 else ''} empty"
+    return f"layer collapse ({what}): {COLLAPSE_VERDICT}"
+
+
+def mark_collapse(ax, rows, y, x="sparsity"):
+    """A black ✕ on every point whose mask left a layer empty (`collapsed_layers`, utils.pruning),
+    labelled with its chosen_by_score: those runs are not a test of their score. x is 100·row[x]."""
+    hit = [r for r in rows if collapse_note(r)]
+    if not hit:
+        return
+    label = "layer collapse: not a test of the score"
+    first = label not in ax.get_legend_handles_labels()[1]
+    ax.scatter([100 * r[x] for r in hit], [r[y] for r in hit], marker="x", s=90, color="black", zorder=5,
+               label=label if first else None)
+    for r in hit:
+        chosen = r.get("chosen_by_score")
+        if isinstance(chosen, float):
+            ax.annotate(f"by score {chosen:.2f}", (100 * r[x], r[y]), fontsize=6, xytext=(3, -9),
+                        textcoords="offset points")

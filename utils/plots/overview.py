@@ -1,7 +1,7 @@
 """The figure across Tasks 2 and 3: which pruned network keeps the dense accuracy?"""
 import matplotlib.pyplot as plt
 
-from utils.plots.common import FigureSpec, arch_label, errorbar, hline, seeds_note
+from utils.plots.common import FigureSpec, arch_label, errorbar, hline, mark_collapse, seeds_note
 
 LOTTERY_STYLES = {"oneshot": ("s-", "tab:orange", "one-shot ticket, trained (Task 3)"),
                   "imp": ("D-", "tab:red", "IMP ticket, trained (Task 3)"),
@@ -29,10 +29,12 @@ def fig_accuracy_vs_sparsity(res):
         x = [100 * r["sparsity"] for r in mag]
         errorbar(ax, mag, x, "pruned_acc", "x--", color="tab:gray", label="magnitude pruned, not retrained")
         errorbar(ax, mag, x, "retrained_acc", "o-", color="tab:blue", label="magnitude pruned + retrained (Task 2)")
+        mark_collapse(ax, mag, "retrained_acc")
     for method, (style, color, label) in LOTTERY_STYLES.items():
         rows = sorted((r for r in lot if r.get("method") == method), key=lambda r: r["sparsity"])
         if rows:
             errorbar(ax, rows, [100 * r["sparsity"] for r in rows], "retrained_acc", style, color=color, label=label)
+            mark_collapse(ax, rows, "retrained_acc")
     ax.set(xlabel="sparsity (% of prunable weights removed)", ylabel="test accuracy (%)",
            title=f"Which pruned {arch_label(res)} keeps the dense accuracy? Test accuracy vs sparsity"
            + seeds_note(res))

@@ -2,14 +2,15 @@
 
 `prune_at_init_ablations`: a panel per method, final test accuracy against sparsity, a line per
 ablation, with the random-pruning baseline, the dense run and (when present) pruning after
-training from Tasks 2-3 for reference. `prune_at_init_layer_density`: the fraction of each
+training from Tasks 2-3 for reference; a black ✕ marks a collapsed mask (a layer left empty: not a
+test of its score) with its chosen_by_score. `prune_at_init_layer_density`: the fraction of each
 layer's weights every method keeps (the `original` masks), a panel per sparsity.
 """
 import matplotlib.pyplot as plt
 import numpy as np
 
 from utils.plots import FigureSpec, pct
-from utils.plots.common import errorbar, hline, seeds_note
+from utils.plots.common import errorbar, hline, mark_collapse, seeds_note
 
 RUN = "prune_at_init"
 METHODS = ("magnitude", "snip", "grasp", "synflow", "random")
@@ -58,6 +59,7 @@ def fig_ablations(res):
             sub = select(rows, method, ablation)
             if sub:
                 errorbar(ax, sub, [100 * r["sparsity"] for r in sub], "final_acc", style, color=color, label=label)
+                mark_collapse(ax, sub, "final_acc")
         if random_rows and method != "random":
             errorbar(ax, random_rows, [100 * r["sparsity"] for r in random_rows], "final_acc", "x:",
                      color="tab:gray", label="random pruning at init")
