@@ -224,10 +224,10 @@ def main(argv=None):
         summary = train_run(
             compact, setup.train, setup.test, hp, arch=arch, config=config, seed=seed,
             ckpt_dir=ckpt_root / sub, results_dir=res_root / sub, force=plan.fresh, bn_l1=bn_l1,
-            callbacks=[EpochOffset(offset)] if offset else (),
+            callbacks=[SummaryFields(collapsed_layers=[], chosen_by_score=chosen)]
+            + ([EpochOffset(offset)] if offset else []),
             save_as=[(0, "compact.pt"), (hp.epochs, "final.pt")], outputs=TICKET_OUTPUTS,
             checkpoint_extra={"widths": widths, "channels": channels},
-            callbacks=[SummaryFields(collapsed_layers=[], chosen_by_score=chosen)],
             desc=f"epoch {epoch} ratio {ratio:g}", **setup.train_kwargs())
         dense_s, compact_s = speed["dense_forward_ms"] / 1e3, speed["forward_ms"] / 1e3
 
