@@ -218,10 +218,12 @@ def semi_structured_network(model):
 class _LiveTensors(TorchDispatchMode):
     """Counts the bytes of every tensor an op returns from its creation until it is freed."""
 
-    def __init__(self, base):
+    def __init__(self, resident):
         super().__init__()
-        self.live = self.peak = base
-        self.refs = {}  # storage address -> [bytes, live tensors viewing it]
+        self.live = self.peak = sum(tensor_bytes(t) for t in resident)
+        # storage address -> [bytes, live tensors viewing it]; the resident tensors (weights, input)
+        # are counted once above, so an op's view of them (a transposed weight) adds nothing
+        self.refs = {t.untyped_storage().data_ptr(): [0, float("inf")] for t in _strided_parts(resident)}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -250,6 +252,11 @@ class _LiveTensors(TorchDispatchMode):
             del self.refs[key]
 
 
+def _strided_parts(tensors):
+    for t in tensors:
+        yield from ((t.crow_indices(), t.col_indices(), t.values()) if t.layout == torch.sparse_csr else (t,))
+
+
 def tensor_bytes(t):
     if t.layout == torch.sparse_csr:
         return sum(x.numel() * x.element_size() for x in (t.crow_indices(), t.col_indices(), t.values()))
@@ -260,8 +267,7 @@ def tensor_bytes(t):
 def peak_forward_bytes(model, x):
     """Peak bytes of tensor memory one forward pass of `x` holds: the network's parameters and
     buffers, the input, and the most op outputs alive at any one time."""
-    base = sum(tensor_bytes(t) for t in [*model.parameters(), *model.buffers(), x])
-    mode = _LiveTensors(base)
+    mode = _LiveTensors([*model.parameters(), *model.buffers(), x])
     with mode:
         out = model(x)
     del out

@@ -1,0 +1,200 @@
+"""deploy.py and export.py: every leaderboard network measured in each deployable form, on a tiny
+hand-made tree (the tiny dense run, a 90% magnitude mask of it, a 50% channel-pruned compact net);
+the sparse kernels and the peak-memory count checked against their definitions on hand-made
+inputs; every exported file reloaded by plain torch in a process that cannot import this repo.
+
+Timings are never asserted here (the machine is shared): speed targets are bench/deploy.py's."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import TINY_DATA, run_script
+from data import load_cifar10, to_pixels
+from models import load_checkpoint, prunable_weights
+from utils.channels import block_gammas, compact_model, count_flops, select_channels
+from utils.deploy import (SparseConv2d, SparseLinear, masked_network, peak_forward_bytes, two_four_mask)
+from utils.io import load_csv
+from utils.leaderboard import Leaderboard
+from utils.plots.common import Results
+from utils.pruning import global_magnitude_mask
+
+TOLERANCE = 1e-4  # |logit| difference a reloaded form may show: float32 rounding of a different kernel
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def tree(tiny_dense, tmp_path_factory):
+    """A copy of the tiny dense run plus one masked (90%) and one compact (50% channels) network,
+    with the results rows the leaderboard reads them from."""
+    root = tmp_path_factory.mktemp("deploy_tree")
+    ck, res = root / "checkpoints", root / "results"
+    model, dense_ckpt = load_checkpoint(tiny_dense["run"] / "epoch_003.pt")
+    (ck / "dense").mkdir(parents=True)
+    torch.save(dense_ckpt, ck / "dense" / "epoch_003.pt")
+    _write(res / "dense" / "summary.json", (tiny_dense["results"] / "dense" / "summary.json").read_text())
+
+    mask = global_magnitude_mask(prunable_weights(model), 0.9)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for n, m in mask.items():
+        state[n] *= m
+    torch.save({**dense_ckpt, "model": state, "mask": mask}, _dir(ck / "magnitude" / "sparsity_90") / "final.pt")
+    _write(res / "magnitude" / "summary.csv", "sparsity,dense_acc,pruned_acc,retrained_acc\n0.9,20.0,10.0,15.0\n")
+    _write(res / "magnitude" / "sparsity_90" / "summary.json", json.dumps({"test_acc": 15.0, "epochs": 1}))
+
+    compact = compact_model(model, select_channels(block_gammas(model), 0.5).keep)
+    torch.save({**dense_ckpt, "model": compact.state_dict(), "widths": compact.widths},
+               _dir(ck / "early_bird" / "epoch_002" / "ratio_50") / "final.pt")
+    params = sum(p.numel() for p in compact.parameters())
+    _write(res / "early_bird" / "summary.csv", "ticket_epoch,ratio,dense_acc,pruned_acc,retrained_acc,params,flops,"
+           f"dense_params\n2,0.5,20.0,10.0,14.0,{params},{count_flops(compact)},"
+           f"{sum(p.numel() for p in model.parameters())}\n")
+    _write(res / "early_bird" / "epoch_002" / "ratio_50" / "summary.json", json.dumps({"test_acc": 14.0, "epochs": 1}))
+    return {"ck": ck, "res": res, "model": model}
+
+
+def _dir(p):
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _deploy(tree, *extra):
+    return run_script("deploy.py", *TINY_DATA, "--test-subset", 64, "--checkpoint-dir", tree["ck"],
+                      "--results-dir", tree["res"], "--repeats", 1, "--warmup", 0, *extra)
+
+
+def _stamps(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_every_leaderboard_network_is_measured_and_a_rerun_writes_nothing(tree):
+    _deploy(tree)
+    rows = load_csv(tree["res"] / "deploy" / "summary.csv")
+    entries = Leaderboard(Results(tree["res"])).entries
+    assert len(entries) == 3
+    by = {(r["source"], r["form"]): r for r in rows}
+    for e in entries:  # every leaderboard row: latency at 1 and 128, peak memory and disk
+        timed = [r for r in rows if r["source"] == e.run_summary and r["latency_ms_b128"]]
+        assert timed, e.method
+        for r in timed:
+            assert float(r["latency_ms_b1"]) > 0 and float(r["latency_ms_b128"]) > 0
+            assert float(r["peak_mem_mb"]) > 0 and float(r["disk_mb"]) > 0
+            assert float(r["max_abs_logit_diff"]) <= TOLERANCE, r
+            assert r["device"] == "cpu" and int(r["repeats"]) == 1 and int(r["threads"]) >= 1
+    dense = by[("dense/summary.json", "dense")]
+    compact = by[("early_bird/epoch_002/ratio_50/summary.json", "compact")]
+    zeros = by[("magnitude/sparsity_90/summary.json", "dense_zeros")]
+    csr = by[("magnitude/sparsity_90/summary.json", "sparse_csr")]
+    assert float(compact["disk_mb"]) < float(dense["disk_mb"])
+    assert float(zeros["disk_mb"]) == pytest.approx(float(dense["disk_mb"]), rel=0.01)  # zeros take room
+    assert float(csr["disk_mb"]) <= float(dense["disk_mb"]) / 3  # 10% kept, 8 bytes each in CSR
+    assert not csr["latency_ms_b128"] and "densified" in csr["note"]
+    assert float(by[("magnitude/sparsity_90/summary.json", "sparse_mm")]["latency_ms_b128"]) > 0
+    assert "unavailable" in by[("dense/summary.json", "semi_structured_24")]["note"]  # no CUDA here
+    # FLOPs count nonzero weights: the 90% mask keeps ~10% of the dense FLOPs, its time does not fall
+    assert float(zeros["flops"]) / float(zeros["dense_flops"]) == pytest.approx(0.1, abs=0.02)
+    # peak memory at batch 128 from its definition: the stem conv's and its BatchNorm's outputs
+    # (128 x 16 x 32 x 32 float32, 8 MiB each) are alive at once, beside the input (1.5 MiB)
+    assert 17.5 < float(dense["peak_mem_mb"]) < 128 and float(dense["peak_mem_mb_b1"]) < 2
+
+    stamps = _stamps(tree["res"])
+    again = _deploy(tree)
+    assert "0 networks measured, 3 already measured" in again.stdout
+    assert _stamps(tree["res"]) == stamps
+    # an interrupted run resumes: a network without its summary.json is measured again, alone
+    (tree["res"] / "deploy" / "magnitude" / "sparsity_90" / "summary.json").unlink()
+    third = _deploy(tree)
+    assert "1 networks measured, 2 already measured" in third.stdout
+    after = _stamps(tree["res"])
+    assert {p for p in after if after[p] != stamps.get(p)} == {
+        tree["res"] / "deploy" / "magnitude" / "sparsity_90" / "summary.json"}
+
+
+def test_a_missing_checkpoint_is_a_one_line_error(tree, tmp_path):
+    proc = run_script("deploy.py", *TINY_DATA, "--checkpoint-dir", tmp_path / "none", "--results-dir", tree["res"],
+                      "--force", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "not found" in proc.stderr
+
+
+def test_sparse_kernels_compute_the_dense_layers():
+    gen = torch.Generator().manual_seed(0)
+    for stride, padding, k in ((1, 1, 3), (2, 1, 3), (2, 0, 1)):
+        conv = nn.Conv2d(6, 10, k, stride, padding, bias=True)
+        with torch.no_grad():
+            conv.weight.mul_((torch.rand(conv.weight.shape, generator=gen) > 0.8).float())
+        x = torch.rand(3, 6, 9, 9, generator=gen)
+        sparse = SparseConv2d(conv, conv.weight.detach().reshape(10, -1).to_sparse_csr())
+        with torch.no_grad():
+            assert torch.allclose(sparse(x), F.conv2d(x, conv.weight, conv.bias, stride, padding), atol=1e-5)
+    linear = nn.Linear(7, 4)
+    x = torch.rand(5, 7, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(SparseLinear(linear, linear.weight.detach().to_sparse_csr())(x), linear(x), atol=1e-6)
+
+
+def test_two_four_mask_keeps_the_two_largest_of_every_four():
+    w = torch.tensor([[0.1, -0.9, 0.3, 0.2, 5.0, 0.0, -4.0, 1.0]])
+    assert two_four_mask(w).tolist() == [[False, True, True, False, True, False, True, False]]
+    # ties: the earlier position wins
+    assert two_four_mask(torch.ones(1, 4)).tolist() == [[True, True, False, False]]
+
+
+def test_peak_forward_bytes_counts_weights_input_and_live_outputs():
+    net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    x = torch.rand(4, 10)
+    weights = (10 * 20 + 20 + 20 * 5 + 5) * 4
+    # the first Linear's output (4 x 20 floats) and the ReLU's are alive together; then the
+    # Linear's is freed before the last output (4 x 5) exists; the transposed weights are views
+    assert peak_forward_bytes(net, x) == weights + 4 * 10 * 4 + 2 * 4 * 20 * 4
+
+
+RELOAD = r"""
+import sys, torch
+sys.path.insert(0, ".")  # the export folder: cifar_resnet.py only
+images = torch.load(sys.argv[1])
+out = {}
+for name in sys.argv[2:]:
+    if name.endswith(".pt2"):
+        net = torch.export.load(name).module()
+    else:
+        from cifar_resnet import CifarResNet
+        f = torch.load(name, weights_only=True)
+        a = f["model_args"]
+        net = CifarResNet(int(a["arch"][len("resnet"):]), a["num_classes"], a["shortcut"], a["widths"]).eval()
+        state = f["state_dict"] if f["format"] == "state_dict" else {
+            **f["dense"], **{k: m.to_dense().reshape(f["shapes"][k]) for k, m in f["csr"].items()}}
+        net.load_state_dict(state)
+    with torch.no_grad():
+        out[name] = net(images)
+torch.save(out, "logits.pt")
+"""
+
+
+def test_exported_forms_reload_with_plain_torch_and_give_the_masked_logits(tree, data_dir, tmp_path):
+    _, test = load_cifar10(data_dir, False, 1, 200)
+    images = to_pixels(test.images).contiguous()
+    torch.save(images, tmp_path / "images.pt")
+    for run, files in (("magnitude/sparsity_90", ["dense_zeros.pt", "dense_zeros.pt2", "sparse_csr.pt"]),
+                       ("early_bird/epoch_002/ratio_50", ["compact.pt", "compact.pt2"])):
+        out = tmp_path / run.replace("/", "_")
+        run_script("export.py", "--run", run, "--checkpoint-dir", tree["ck"], "--out", out)
+        assert sorted(p.name for p in out.iterdir()) == sorted(files + ["cifar_resnet.py"])
+        # -I: isolated, so neither this repo nor its packages can be imported, only torch
+        subprocess.run([sys.executable, "-I", "-c", RELOAD, str(tmp_path / "images.pt"), *files], cwd=out,
+                       check=True, capture_output=True)
+        logits = torch.load(out / "logits.pt")
+        ckpt = torch.load(tree["ck"] / run / "final.pt", weights_only=False)
+        with torch.no_grad():
+            expected = masked_network(ckpt)(images)
+        for name in files:
+            assert (logits[name] - expected).abs().max() <= TOLERANCE, (run, name)
+    sizes = {p.name: p.stat().st_size for p in (tmp_path / "magnitude_sparsity_90").iterdir()}
+    assert sizes["sparse_csr.pt"] <= sizes["dense_zeros.pt"] / 3
