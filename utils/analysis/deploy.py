@@ -8,12 +8,15 @@ from utils.plots.leaderboard import pruned_board
 # A timing is called faster / slower than dense only beyond this fraction: timings are the noisy
 # column (docs/deploy.md); disk and memory are exact and reported as measured.
 TIMING_MARGIN = 0.10
+MIN_REPEATS = 5  # fewer timed passes (the smoke preset's 1) are shown but never called
 RUNNABLE = ("dense", "compact", "dense_zeros", "sparse_mm", "semi_structured_24")
 
 
-def verdict(speedup):
+def verdict(speedup, repeats):
     if speedup is None:
         return "n/a"
+    if not repeats or repeats < MIN_REPEATS:
+        return f"{speedup:.2f}× (not called: {repeats:g} timed pass(es))"
     if speedup > 1 + TIMING_MARGIN:
         return f"faster ({speedup:.2f}×)"
     if speedup < 1 - TIMING_MARGIN:
@@ -58,42 +61,52 @@ def section(doc, res):
           f"faster or slower only beyond ±{100 * TIMING_MARGIN:.0f}%.")
     columns = ["method", "sparsity", "test acc (%)", "form", "FLOPs × dense", "ms b1", "ms b128", "speed-up b128",
                "peak MB b128", "disk MB (× dense)"]
-    table, faster, smaller, flops_not_time = [], [], [], []
+    table, faster, smaller, flops_not_time, spread = [], [], [], [], {}
     for e in board.entries:
         forms = cpu.get(e.run_summary, {})
         disks = stored.get(e.run_summary, {})
-        for form in [f for f in RUNNABLE if f in forms] + [f for f in disks if f not in forms]:
+        # the CSR file's size is also the sparse_mm row's: its own row only when sparse_mm was not timed
+        stored_only = [f for f in disks if f not in forms]
+        for form in [f for f in RUNNABLE if f in forms] + stored_only:
             r = forms.get(form) or disks[form]
             speed = r.get("speedup_b128")
             flops = _ratio(r.get("flops"), r.get("dense_flops"))
             disk = _ratio(r.get("disk_mb"), dense_disk)
             table.append([e.method, f"{100 * e.sparsity:.1f}%", acc(e.acc), form, _cell(flops),
                           _cell(r.get("latency_ms_b1"), "{:.2f}"), _cell(r.get("latency_ms_b128"), "{:.1f}"),
-                          "—" if e.family == "dense" or form not in forms else verdict(speed),
+                          "—" if e.family == "dense" or form not in forms else verdict(speed, r.get("repeats")),
                           _cell(r.get("peak_mem_mb"), "{:.1f}"),
                           f"{_cell(r.get('disk_mb'), '{:.3f}')} ({_cell(disk, '{:.2f}')})"])
             label = f"{e.method} at {100 * e.sparsity:.0f}% ({form})"
-            if e.family != "dense" and speed is not None and speed > 1 + TIMING_MARGIN:
+            called = speed is not None and (r.get("repeats") or 0) >= MIN_REPEATS
+            if e.family != "dense" and called and speed > 1 + TIMING_MARGIN:
                 faster.append(f"{label}: {speed:.2f}× the dense network's speed at batch 128")
-            if e.family != "dense" and disk is not None and disk < 0.9:
+            if e.family != "dense" and disk is not None and disk < 0.9 and form != "sparse_mm":  # (= its CSR row)
                 smaller.append(f"{label}: {disk:.2f}× the dense file ({r['disk_mb']:.3f} MB)")
-            if e.family != "dense" and flops is not None and flops < 0.5 and speed is not None \
-                    and speed <= 1 + TIMING_MARGIN:
+            if e.family != "dense" and form in forms and speed is not None:
+                spread.setdefault(form, []).append((speed, flops))
+            if e.family != "dense" and flops is not None and flops < 0.5 and called and speed <= 1 + TIMING_MARGIN:
                 flops_not_time.append(f"{label}: {flops:.2f}× the dense FLOPs, speed-up {speed:.2f}×")
     doc.table(Table("deploy", "Deployed on the CPU: latency, peak memory and disk of every network and form",
                     columns, table))
     doc.figure("deploy_accuracy_vs_latency")
     doc.h2("Which methods make the network faster or smaller on this hardware, and by how much?")
+    if (any_row.get("repeats") or 0) < MIN_REPEATS:
+        doc.p(f"These timings come from {any_row.get('repeats', 0):g} timed pass(es) per form (the smoke preset): "
+              f"too few to call a speed-up, so none is called below (at least {MIN_REPEATS} are needed; "
+              "python deploy.py --force --repeats 20 on a quiet machine). Disk sizes and memory are exact.")
     doc.p("Faster than the dense network at batch 128 (beyond the timing margin): "
           + ("; ".join(faster) if faster else "none") + ".")
     doc.p("Smaller on disk than the dense network (by more than 10%): " + ("; ".join(smaller) if smaller else "none") + ".")
     doc.p("Where FLOPs fall and time does not (FLOPs at most half the dense network's, no speed-up beyond the "
-          "margin): " + ("; ".join(flops_not_time) if flops_not_time else "none") + ". A masked network's "
-          "FLOPs count its nonzero weights, but dense kernels multiply the zeros too, so dense_zeros runs at the "
-          "dense network's speed whatever its sparsity; sparse_mm skips the zeros but pays for unfolding every "
-          "convolution's input and for irregular memory access, so on CPUs it is slower than the dense "
-          "convolution until far higher sparsities than these. Only removing whole channels (the compact "
-          "networks) makes the convolutions themselves smaller.")
+          "margin): " + ("; ".join(flops_not_time) if flops_not_time else "none") + ".")
+    doc.p("Measured speed-up at batch 128 per form, over the pruned networks (FLOPs × dense in brackets): " + "; ".join(
+        f"{form}: {min(v for v, _ in vals):.2f}–{max(v for v, _ in vals):.2f}× over {len(vals)} networks "
+        f"(FLOPs {_cell(min((f for _, f in vals if f is not None), default=None))}–"
+        f"{_cell(max((f for _, f in vals if f is not None), default=None))}×)"
+        for form, vals in spread.items()) + ". A masked network's FLOPs count its nonzero weights, but the dense "
+          "kernels dense_zeros runs on multiply the zeros too; sparse_mm skips them but unfolds every convolution's "
+          "input first; only the compact networks, which lost whole channels, run smaller convolutions.")
     unavailable = sorted({f"{r['form']} on {r['device']}: {r['note']}" for r in rows
                           if str(r.get("note") or "").startswith("unavailable")})
     if unavailable:
