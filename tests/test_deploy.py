@@ -13,11 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import deploy
 from conftest import TINY_DATA, run_script
 from data import load_cifar10, to_pixels
 from models import load_checkpoint, prunable_weights
 from utils.channels import block_gammas, compact_model, count_flops, select_channels
-from utils.deploy import (SparseConv2d, SparseLinear, masked_network, peak_forward_bytes, two_four_mask)
+from utils.deploy import (SparseConv2d, SparseLinear, masked_network, peak_forward_bytes, semi_structured_network,
+                          two_four_mask)
 from utils.io import load_csv
 from utils.leaderboard import Leaderboard
 from utils.plots.common import Results
@@ -110,12 +112,13 @@ def test_every_leaderboard_network_is_measured_and_a_rerun_writes_nothing(tree):
     assert "0 networks measured, 3 already measured" in again.stdout
     assert _stamps(tree["res"]) == stamps
     # an interrupted run resumes: a network without its summary.json is measured again, alone
-    (tree["res"] / "deploy" / "magnitude" / "sparsity_90" / "summary.json").unlink()
+    compact_json = tree["res"] / "deploy" / "early_bird" / "epoch_002" / "ratio_50" / "summary.json"
+    compact_json.unlink()
     third = _deploy(tree)
     assert "1 networks measured, 2 already measured" in third.stdout
     after = _stamps(tree["res"])
-    assert {p for p in after if after[p] != stamps.get(p)} == {  # (and the table, holding its new timings)
-        tree["res"] / "deploy" / "magnitude" / "sparsity_90" / "summary.json", tree["res"] / "deploy" / "summary.csv"}
+    # (and the table, holding its new timings)
+    assert {p for p in after if after[p] != stamps.get(p)} == {compact_json, tree["res"] / "deploy" / "summary.csv"}
 
 
 def _kept_flops(tree):
@@ -132,10 +135,12 @@ def _kept_flops(tree):
     return kept / sum(positions[n.rsplit(".", 1)[0]] * m.numel() for n, m in ckpt["mask"].items())
 
 
-def test_a_missing_checkpoint_is_a_one_line_error(tree, tmp_path):
-    proc = run_script("deploy.py", *TINY_DATA, "--checkpoint-dir", tmp_path / "none", "--results-dir", tree["res"],
-                      "--force", check=False)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "not found" in proc.stderr
+def test_a_missing_checkpoint_is_a_one_line_error(tree, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        deploy.main([*map(str, TINY_DATA), "--checkpoint-dir", str(tmp_path / "none"),
+                     "--results-dir", str(tree["res"]), "--force"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "not found" in err, err
 
 
 def test_sparse_kernels_compute_the_dense_layers():
@@ -159,6 +164,23 @@ def test_two_four_mask_keeps_the_two_largest_of_every_four():
     assert two_four_mask(w).tolist() == [[False, True, True, False, True, False, True, False]]
     # ties: the earlier position wins
     assert two_four_mask(torch.ones(1, 4)).tolist() == [[True, True, False, False]]
+
+
+def test_two_four_network_computes_its_masked_reference():
+    """The 2:4 form's plumbing (padding, unfold, reshapes) on the CPU, the semi-structured
+    conversion replaced by the dense matrix itself (the kernel needs a CUDA GPU of cc >= 8.0)."""
+    from models import get_model
+    torch.manual_seed(0)
+    model = get_model("resnet20").eval()
+    net, ref = semi_structured_network(model, torch.float32, to_sparse=lambda w: w)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref(x), atol=1e-4)
+    for name, w in prunable_weights(ref).items():  # 2 of every 4 consecutive inputs kept (27 = 6·4 + 3: padded)
+        groups = w.reshape(w.shape[0], -1)
+        groups = F.pad(groups, (0, -groups.shape[1] % 4)).reshape(-1, 4)
+        assert int((groups != 0).sum(1).max()) <= 2, name
+        assert float((w != 0).float().mean()) == pytest.approx(0.5, abs=0.05), name
 
 
 def test_peak_forward_bytes_counts_weights_input_and_live_outputs():

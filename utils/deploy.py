@@ -9,7 +9,7 @@ A checkpoint becomes one or more **forms** (`forms_of`):
 | masked (`mask`) | `dense_zeros` | dense, the pruned weights zero: what training used | its state_dict |
 | masked | `sparse_csr` | every Conv2d/Linear weight as CSR of its (out, in·k·k) matrix | the CSR tensors + the rest dense |
 | masked | `sparse_mm` | `sparse_csr` run by `torch.sparse.mm` (convolutions as unfold + sparse × dense) | as `sparse_csr` |
-| dense, CUDA cc ≥ 8.0 | `semi_structured_24` | a 50% 2:4 magnitude mask of the dense net, fp16, PyTorch's 2:4 sparse kernels | — |
+| dense, CUDA cc ≥ 8.0 | `semi_structured_24` | the dense net on a 50% 2:4 magnitude mask, fp16, every Conv2d/Linear on PyTorch's 2:4 kernel | — |
 
 `sparse_csr` is a storage form: loaded, it is densified (it runs as `dense_zeros`) or run as
 `sparse_mm`, so its row carries the disk size only. A form PyTorch offers no kernel for on the
@@ -186,30 +186,69 @@ def two_four_mask(weight):
     return keep.reshape(weight.shape)
 
 
-class SemiStructuredLinear(nn.Module):
-    """A Linear (or a 1x1-equivalent matrix product) on a 2:4 semi-structured fp16 weight."""
+def two_four_masked(weight):
+    """`weight` with the 50% 2:4 magnitude mask of its (out, in·k·k) matrix, padded with zeros to the
+    shape the 2:4 kernels take (rows: multiple of 32, columns: multiple of 64); (padded, weight)."""
+    w = weight.detach().reshape(weight.shape[0], -1)
+    padded = w.new_zeros(-(-w.shape[0] // 32) * 32, -(-w.shape[1] // 64) * 64)
+    padded[:w.shape[0], :w.shape[1]] = w
+    padded *= two_four_mask(padded)
+    return padded, padded[:w.shape[0], :w.shape[1]].reshape(weight.shape).clone()
 
-    def __init__(self, linear):
+
+class SemiStructured(nn.Module):
+    """A Conv2d (groups 1, as unfold + matrix product) or Linear on a 2:4 semi-structured weight:
+    out = W (2:4 sparse, padded) × input columns (zero-padded to match)."""
+
+    def __init__(self, module, to_sparse):
         super().__init__()
-        from torch.sparse import to_sparse_semi_structured
-        w = linear.weight.detach().half()
-        self.weight = nn.Parameter(to_sparse_semi_structured(w * two_four_mask(w)), requires_grad=False)
-        self.bias = linear.bias
+        padded, _ = two_four_masked(module.weight)
+        self.weight = nn.Parameter(to_sparse(padded), requires_grad=False)
+        self.bias = module.bias
+        self.out_features, self.k = module.weight.shape[0], module.weight[0].numel()
+        self.conv = isinstance(module, nn.Conv2d)
+        if self.conv:
+            self.kernel_size, self.stride, self.padding, self.dilation = (
+                module.kernel_size, module.stride, module.padding, module.dilation)
 
     def forward(self, x):
-        return F.linear(x, self.weight, None if self.bias is None else self.bias.half())
+        if self.conv:
+            n, _, h, w = x.shape
+            cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+            rows = cols.transpose(0, 1).reshape(self.k, -1)  # (C·k·k, N·L)
+        else:
+            rows = x.t()
+        m = rows.shape[1]
+        k_pad, m_pad = self.weight.shape[1], -(-m // 64) * 64
+        out = torch.mm(self.weight, F.pad(rows, (0, m_pad - m, 0, k_pad - self.k)))[:self.out_features, :m]
+        if not self.conv:
+            out = out.t()
+            return out if self.bias is None else out + self.bias
+        oh, ow = ((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
+                  zip((h, w), self.padding, self.dilation, self.kernel_size, self.stride))
+        out = out.reshape(self.out_features, n, oh, ow).transpose(0, 1)
+        return out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
 
 
-def semi_structured_network(model):
-    """The dense network's fp16 copy with every Linear whose shape the 2:4 kernels accept (both
-    sides multiples of 64) on 2:4 semi-structured weights; (network, layers converted)."""
-    net = copy.deepcopy(model).half().eval()
-    converted = 0
-    for name, module in list(net.named_modules()):
-        if isinstance(module, nn.Linear) and module.in_features % 64 == 0 and module.out_features % 64 == 0:
-            _replace(net, name, SemiStructuredLinear(module))
-            converted += 1
-    return net, converted
+def _prunable_layers(model):
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+
+
+def semi_structured_network(model, dtype=torch.float16, to_sparse=None):
+    """(2:4 network, its dense reference): copies of `model` in `dtype` with every Conv2d and Linear
+    on the 50% 2:4 magnitude mask of its weight, the first on PyTorch's 2:4 semi-structured kernels
+    (`to_sparse`, default torch.sparse.to_sparse_semi_structured), the second dense with the same
+    masked weights (what the first must compute)."""
+    if to_sparse is None:
+        from torch.sparse import to_sparse_semi_structured as to_sparse
+    net, ref = copy.deepcopy(model).to(dtype).eval(), copy.deepcopy(model).to(dtype).eval()
+    with torch.no_grad():
+        for name, module in _prunable_layers(ref):
+            module.weight.copy_(two_four_masked(module.weight)[1])
+    for name, module in _prunable_layers(net):
+        _replace(net, name, SemiStructured(module, to_sparse))
+    return net, ref
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,11 +356,14 @@ def _runnable(ckpt, masked, form, device):
         why = semi_structured_unavailable(device)
         if why is not None:
             return {**row, "note": why}, None
-        net, converted = semi_structured_network(masked)
-        if not converted:
-            return {**row, "note": "unavailable: no layer of this network has a shape the 2:4 kernels accept"}, None
-        return {**row, "note": f"the dense network with a 50% 2:4 magnitude mask on {converted} Linear layer(s), "
-                               "fp16: another network, its logits compared with that masked network's"}, net
+        try:  # the 2:4 kernels' own limits (shapes, dtypes) differ between PyTorch versions
+            net, _ = semi_structured_network(masked)
+            with torch.inference_mode():
+                net(torch.zeros(1, 3, 32, 32, device=device, dtype=torch.float16))
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            return {**row, "note": f"unavailable: the 2:4 kernels refused this network ({str(e).splitlines()[0][:100]})"}, None
+        return {**row, "note": "the dense network with a 50% 2:4 magnitude mask on every Conv2d and Linear, fp16: "
+                               "another network, its logits compared with that masked network's"}, net
     stored = deployable(masked, form, model_args(ckpt))
     row["disk_mb"] = saved_bytes(stored) / MB
     if form == "sparse_csr":
@@ -333,16 +375,6 @@ def _runnable(ckpt, masked, form, device):
     net = model_from_checkpoint(ckpt, device).eval()
     net.load_state_dict(densified_state(stored))  # the stored form, loaded back
     return row, net
-
-
-def _two_four_reference(masked):
-    """The dense network in fp16 with the 2:4 mask applied to the layers semi_structured_network converts."""
-    ref = copy.deepcopy(masked).half()
-    with torch.no_grad():
-        for m in ref.modules():
-            if isinstance(m, nn.Linear) and m.in_features % 64 == 0 and m.out_features % 64 == 0:
-                m.weight.mul_(two_four_mask(m.weight))
-    return ref
 
 
 def measure_network(ckpt, dense_ckpt, images, device, repeats, warmup, threads, forms=FORMS):
@@ -376,7 +408,7 @@ def measure_network(ckpt, dense_ckpt, images, device, repeats, warmup, threads, 
     for row in rows:
         f = row["form"]
         if f in nets:
-            ref = _two_four_reference(masked) if f == "semi_structured_24" else masked
+            ref = semi_structured_network(masked)[1] if f == "semi_structured_24" else masked
             row["max_abs_logit_diff"] = max_logit_diff(ref, nets[f], images[:CHECK_IMAGES], dtype[f])
             row["speedup_b128"] = row["dense_latency_ms_b128"] / row["latency_ms_b128"]
     return rows
