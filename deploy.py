@@ -54,7 +54,8 @@ def devices_of(choice):
     return ["cpu"] + (["cuda"] if choice != "cpu" and torch.cuda.is_available() else [])
 
 
-def test_images(data, device):
+def test_images(data):
+    """The first IMAGES real test images, as pixels in [0, 1] (the training split is not needed)."""
     _, test = load_cifar10(data.data_dir, not data.no_download, data.train_subset or 1, data.test_subset, "cpu")
     return to_pixels(test.images[:IMAGES]).contiguous()
 
@@ -119,13 +120,14 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = devices_of(run.device)
-    images = test_images(data, "cpu")
+    images = test_images(data)
     fresh = done = 0
     for res_dir, ck_dir in replicates(run.results_dir, run.checkpoint_dir):
         f, d = measure_replicate(res_dir, ck_dir, images, args, devices)
         fresh, done = fresh + f, done + d
+    tables = "seed_*/deploy/summary.csv" if seed_folders(run.results_dir) else "deploy/summary.csv"
     print(f"deploy: {fresh} networks measured, {done} already measured, on {' and '.join(devices)} "
-          f"({torch.get_num_threads()} CPU threads); table: {Path(run.results_dir) / 'deploy' / 'summary.csv'}")
+          f"({torch.get_num_threads()} CPU threads); table: {Path(run.results_dir) / tables}")
 
 
 if __name__ == "__main__":

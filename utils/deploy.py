@@ -48,9 +48,10 @@ MB = 2 ** 20  # MiB, as torch.cuda's memory statistics count
 
 @contextlib.contextmanager
 def _quiet_sparse():
-    """Silence torch's "sparse CSR support is in beta" warning (the kernels used here are stable)."""
+    """Silence torch's "sparse CSR support is in beta" and "invariant checks disabled" warnings
+    (the kernels used here are stable; the CSR tensors are built from valid dense ones)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse.*beta.*")
+        warnings.filterwarnings("ignore", message=".*[Ss]parse (CSR tensor support is in beta|invariant checks)")
         yield
 
 
@@ -116,6 +117,12 @@ def saved_bytes(obj):
     return buf.tell()
 
 
+def _conv_out_size(conv, h, w):
+    """Output height and width of a convolution with `conv`'s kernel, stride, padding, dilation."""
+    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
+                 zip((h, w), conv.padding, conv.dilation, conv.kernel_size, conv.stride))
+
+
 class SparseConv2d(nn.Module):
     """A Conv2d (groups 1) whose weight is a CSR matrix: unfold the input, then CSR × dense."""
 
@@ -131,8 +138,7 @@ class SparseConv2d(nn.Module):
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C·k·k, L)
         # one CSR x dense product per image: its (out, L) result is already that image's NCHW block
         out = torch.stack([torch.sparse.mm(self.weight, c) for c in cols])  # (N, out, L)
-        oh, ow = ((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
-                  zip((h, w), self.padding, self.dilation, self.kernel_size, self.stride))
+        oh, ow = _conv_out_size(self, h, w)
         out = out.reshape(n, self.out_channels, oh, ow)
         return out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
 
@@ -224,8 +230,7 @@ class SemiStructured(nn.Module):
         if not self.conv:
             out = out.t()
             return out if self.bias is None else out + self.bias
-        oh, ow = ((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
-                  zip((h, w), self.padding, self.dilation, self.kernel_size, self.stride))
+        oh, ow = _conv_out_size(self, h, w)
         out = out.reshape(self.out_features, n, oh, ow).transpose(0, 1)
         return out if self.bias is None else out + self.bias.reshape(1, -1, 1, 1)
 
