@@ -135,6 +135,32 @@ def _kept_flops(tree):
     return kept / sum(positions[n.rsplit(".", 1)[0]] * m.numel() for n, m in ckpt["mask"].items())
 
 
+def test_the_report_section_reads_the_measurements(tree):
+    """After the first test's deploy.py run: one table row per network and form, the leaderboard's
+    table gains the measured columns, and one timed pass is shown but never called faster."""
+    if not (tree["res"] / "deploy" / "summary.csv").is_file():
+        _deploy(tree)
+    from utils.analysis import deploy as deployed, leaderboard
+    from utils.document import Doc
+    res = Results(tree["res"])
+    doc = Doc()
+    deployed.section(doc, res)
+    rows = doc.tables["deploy"].rows
+    # dense; compact; dense_zeros + sparse_mm + sparse_csr (disk only)
+    assert [(r[0].split(",")[0], r[3]) for r in rows] == [
+        ("dense (no pruning)", "dense"), ("Early-Bird", "compact"), ("magnitude + fine-tuning (Task 2)", "dense_zeros"),
+        ("magnitude + fine-tuning (Task 2)", "sparse_mm"), ("magnitude + fine-tuning (Task 2)", "sparse_csr")]
+    assert all("not called" in r[7] for r in rows[1:4])
+    text = " ".join(b[1] for b in doc.blocks if b[0] == "p")
+    assert "Faster than the dense network at batch 128 (beyond the timing margin): none." in text
+    assert "(compact): 0.5" in text or "(compact): 0.6" in text  # the compact network's file, × dense
+    doc = Doc()
+    leaderboard.section(doc, res)
+    table = doc.tables["leaderboard"]
+    assert table.columns[-3:] == ["CPU ms b128 (fastest form)", "peak MB", "disk MB (smallest form)"]
+    assert all(r[-1] != "n/a" for r in table.rows)
+
+
 def test_a_missing_checkpoint_is_a_one_line_error(tree, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         deploy.main([*map(str, TINY_DATA), "--checkpoint-dir", str(tmp_path / "none"),

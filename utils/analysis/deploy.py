@@ -48,10 +48,13 @@ def section(doc, res):
     dense = next((e for e in board.entries if e.family == "dense"), None)
     dense_row = (cpu.get(dense.run_summary) or {}).get("dense") if dense else None
     dense_disk = dense_row.get("disk_mb") if dense_row else None
-    any_row = next(iter(next(iter(cpu.values())).values())) if cpu else {}
+    if not cpu:
+        doc.p("results/deploy/summary.csv holds no CPU timings: run python deploy.py --force.")
+        return
+    any_row = next(iter(next(iter(cpu.values())).values()))
     doc.p("Every network of the leaderboard, deployed: latency at batch 128 on this machine's CPU (median of "
-          f"{any_row.get('repeats', 'n/a'):g} timed passes after {any_row.get('warmup', 'n/a'):g} warm-up passes, "
-          f"{any_row.get('threads', 'n/a'):g} CPU thread(s); each network's forms timed in turns with the dense "
+          f"{any_row['repeats']:g} timed passes after {any_row['warmup']:g} warm-up passes, "
+          f"{any_row['threads']:g} CPU thread(s); each network's forms timed in turns with the dense "
           "network, speed-up = dense / this in those same turns), peak forward memory at batch 128 (tensors alive "
           "at once, exact), the size on disk of each stored form, and forward FLOPs per image counting nonzero "
           "weights only (as the leaderboard counts them). Forms: the channel-pruned networks run as the compact "
@@ -91,8 +94,8 @@ def section(doc, res):
                     columns, table))
     doc.figure("deploy_accuracy_vs_latency")
     doc.h2("Which methods make the network faster or smaller on this hardware, and by how much?")
-    if (any_row.get("repeats") or 0) < MIN_REPEATS:
-        doc.p(f"These timings come from {any_row.get('repeats', 0):g} timed pass(es) per form (the smoke preset): "
+    if any_row["repeats"] < MIN_REPEATS:
+        doc.p(f"These timings come from {any_row['repeats']:g} timed pass(es) per form (the smoke preset): "
               f"too few to call a speed-up, so none is called below (at least {MIN_REPEATS} are needed; "
               "python deploy.py --force --repeats 20 on a quiet machine). Disk sizes and memory are exact.")
     doc.p("Faster than the dense network at batch 128 (beyond the timing margin): "
