@@ -260,3 +260,21 @@ def test_exported_forms_reload_with_plain_torch_and_give_the_masked_logits(tree,
             assert (logits[name] - expected).abs().max() <= TOLERANCE, (run, name)
     sizes = {p.name: p.stat().st_size for p in (tmp_path / "magnitude_sparsity_90").iterdir()}
     assert sizes["sparse_csr.pt"] <= sizes["dense_zeros.pt"] / 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (python -m pytest -m cuda on a machine with one)")
+def test_on_a_gpu_every_form_is_measured_and_the_two_four_kernels_match(tree, data_dir):
+    """On a GPU: the forms on CUDA, and the 2:4 form where the compute capability is >= 8.0, its fp16
+    logits within 0.05 of the same 2:4-masked weights run densely (fp16 rounding on logits of ~10)."""
+    from utils.deploy import measure_network
+    _, test = load_cifar10(data_dir, False, 1, 64)
+    images = to_pixels(test.images).contiguous()
+    dense = torch.load(tree["ck"] / "dense" / "epoch_003.pt", weights_only=False)
+    rows = {r["form"]: r for r in measure_network(dense, dense, images, "cuda", 2, 1, 1)}
+    assert rows["dense"]["latency_ms_b128"] > 0 and rows["dense"]["max_abs_logit_diff"] <= TOLERANCE
+    if torch.cuda.get_device_capability()[0] >= 8:
+        two_four = rows["semi_structured_24"]
+        assert two_four.get("latency_ms_b128", 0) > 0, two_four["note"]
+        assert two_four["max_abs_logit_diff"] <= 0.05
+    else:
+        assert "unavailable" in rows["semi_structured_24"]["note"]
