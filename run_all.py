@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent
 STEPS = [("train_dense", "dense"), ("prune_magnitude", "magnitude"), ("lottery_imp", "lottery"),
          ("early_bird", "early_bird"), ("three_regime", "three_regime"), ("prune_at_init", "prune_at_init"),
          ("ticket_transfer", "ticket_transfer"), ("earlycrop", "earlycrop"), ("robustness", "robustness"),
-         ("plot_results", None), ("make_report", None)]
+         ("deploy", "deploy"), ("plot_results", None), ("make_report", None)]
 TRAINING_STEPS = {s for s, folder in STEPS if folder}
 
 
@@ -40,6 +40,7 @@ def preset_flags(preset, checkpoint_dir):
     """{step: flags} for a preset. Ticket epochs, --from and --rewind always name checkpoints the
     preset's dense run saves, so every later step finds its inputs."""
     dense_dir = Path(checkpoint_dir) / "dense"
+    dep = []  # deploy.py: its own defaults (20 timed passes) except in smoke
     if preset == "full":  # the assignment as written: every script's defaults
         dense, last, tickets = [], 160, None
         mag = lot = eb = rob = pai = ec = tr = tt = []
@@ -69,6 +70,10 @@ def preset_flags(preset, checkpoint_dir):
         rob = retrain + ["--experiments", "evaluate", "--eval-subset", 32, "--eval-steps", 2, "--monitor-subset", 32]
         tr = ["--temperatures", 2, 4, "--densities", 0.1, 0.5, "--epochs", 1, "--lmc-points", 3]
         tt = ["--epochs", 1, "--rounds", 2]
+        # one timed pass after one warm-up (timings are checked for presence here, not speed);
+        # sparse_mm (unfold + CSR products, ~6x dense's time on a CPU) is left to tests/test_deploy.py
+        dep = ["--repeats", 1, "--warmup", 1, "--forms", "dense", "compact", "dense_zeros", "sparse_csr",
+               "semi_structured_24"]
         subsets = ["--train-subset", 64, "--test-subset", 64]
     else:
         raise UserError(f"unknown --preset {preset!r}; choose full, quick or smoke")
@@ -83,6 +88,7 @@ def preset_flags(preset, checkpoint_dir):
         "earlycrop": ec + ["--dense-run", dense_dir],
         "ticket_transfer": tt,
         "robustness": rob,
+        "deploy": dep,
     }
     return {step: [str(a) for a in f] for step, f in flags.items()}, [str(a) for a in subsets]
 
@@ -182,6 +188,8 @@ def commands(args):
     for step, _ in STEPS:
         if step == "ticket_transfer":  # MNIST: its own root, the CIFAR one unless given
             argv = common_flags(args, subsets, data_dir=args.mnist_dir) + per_step[step]
+        elif step == "deploy":  # measures eager inference: no --compile
+            argv = [a for a, prev in zip(common, [None] + common) if "--compile" not in (a, prev)] + per_step[step]
         elif step in TRAINING_STEPS:
             argv = common + per_step[step]
         elif step == "plot_results":

@@ -14,9 +14,11 @@ import torch
 
 from conftest import MNIST_DIR, TINY_DATA, assert_user_error, run_script
 from utils.io import load_csv
+from utils.leaderboard import Leaderboard
+from utils.plots.common import Results
 
 STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init",
-         "ticket_transfer", "earlycrop", "robustness", "plot_results", "make_report"]
+         "ticket_transfer", "earlycrop", "robustness", "deploy", "plot_results", "make_report"]
 TRAINING = STEPS[:STEPS.index("robustness")]  # the training steps before robustness
 
 
@@ -117,6 +119,29 @@ def _files(res, ck):
     return {p: p.stat().st_mtime_ns for p in [*res.rglob("trajectory.csv"), *trained]}
 
 
+def _check_deploy(seed_results):
+    """deploy.py's table of one seed: a row with latency at batch 1 and 128, peak memory and disk for
+    every leaderboard row; compact networks smaller on disk than dense and no slower at batch 128;
+    a 90% ticket's CSR file at most a third of the dense file."""
+    rows = load_csv(seed_results / "deploy" / "summary.csv")
+    entries = Leaderboard(Results(seed_results)).entries
+    assert len(entries) >= 25  # dense, Tasks 2-4, pruning at init, EarlyCroP
+    for e in entries:
+        timed = [r for r in rows if r["source"] == e.run_summary and r["latency_ms_b128"]]
+        assert timed, e.method
+        assert all(float(r[c]) > 0 for r in timed for c in ("latency_ms_b1", "latency_ms_b128", "peak_mem_mb", "disk_mb"))
+    dense = next(r for r in rows if r["form"] == "dense" and r["device"] == "cpu")
+    compact = [r for r in rows if r["form"] == "compact" and r["device"] == "cpu"]
+    assert len(compact) >= 9  # Early-Bird's 8 and the channel-pruned EarlyCroP rows
+    for r in compact:
+        assert float(r["disk_mb"]) < float(dense["disk_mb"])
+        # timed in turns with the dense network, one pass on a shared CPU: a generous margin here
+        # (bench/deploy.py checks "no slower" strictly on a quiet machine)
+        assert float(r["latency_ms_b128"]) < 2 * float(r["dense_latency_ms_b128"]), r
+    tickets = [r for r in rows if r["form"] == "sparse_csr" and abs(float(r["sparsity"]) - 0.9) < 1e-6]
+    assert tickets and all(float(r["disk_mb"]) <= float(dense["disk_mb"]) / 3 for r in tickets)
+
+
 def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     """The one slow test: smoke preset with two seeds from nothing (two complete replicates, seeds
     side by side), then again (nothing trained), then with one run's results deleted (only that run
@@ -129,7 +154,7 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     first_s = time.perf_counter() - t0
     progress = _progress(first.stdout)
     # one line per (step, seed); plots and report once, over both seeds
-    assert set(progress) == {(s, seed) for s in TRAINING + ["robustness"] for seed in (0, 1)} | \
+    assert set(progress) == {(s, seed) for s in TRAINING + ["robustness", "deploy"] for seed in (0, 1)} | \
         {("plot_results", None), ("make_report", None)}
     for seed in (0, 1):
         p = {step: progress[(step, seed)] for step in TRAINING}
@@ -162,8 +187,9 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
                 assert (r / "early_bird" / f"epoch_{e:03d}" / f"ratio_{ratio}" / "trajectory.csv").is_file()
         det = json.loads((r / "early_bird" / "detection.json").read_text())
         assert set(det["ratios"]) == {"0.3", "0.5"} and det["window"] == 2
-        for step in TRAINING + ["robustness"]:
+        for step in TRAINING + ["robustness", "deploy"]:
             assert (r / "logs" / f"{step}.log").is_file() and (r / "logs" / f"{step}.done").is_file()
+        _check_deploy(r)
     # nothing of a single-seed layout at the top level: only the seeds, the logs, the report and
     # one aggregate.csv per task folder
     assert not (ck / "dense").exists()
@@ -195,9 +221,10 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     for task in ("magnitude", "early_bird", "prune_at_init", "earlycrop", "robustness", "ticket_transfer"):
         assert (res / task / "aggregate.csv").is_file(), task
     assert {"accuracy_vs_sparsity.png", "leaderboard_accuracy_vs_sparsity.png",
-            "leaderboard_accuracy_vs_cost.png"} <= {p.name for p in plots.glob("*.png")}
+            "leaderboard_accuracy_vs_cost.png", "deploy_accuracy_vs_latency.png"} <= {p.name for p in plots.glob("*.png")}
     report = (res / "report.md").read_text()
     assert "n = 2" in report and "|Δ| > 2·se" in report
+    assert "# Deployed: does pruning make the network faster or smaller?" in report
 
     # a second run trains nothing: no summary, trajectory or trained checkpoint is rewritten
     stamps, files = _stamps(res), _files(res, ck)
@@ -206,7 +233,7 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     second = run_script("run_all.py", *args, "--jobs", 2, "--skip", "plot_results", "make_report", timeout=600)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    assert len(progress) == 2 * (len(TRAINING) + 1)
+    assert len(progress) == 2 * (len(TRAINING) + 2)
     for (step, seed), counts in progress.items():
         if step != "robustness":  # (evaluate only: no runs of its own)
             assert counts[0] == 0 and counts[1] > 0, (step, seed, counts)

@@ -32,6 +32,8 @@ DEPENDS = {
     # attacks every dense and pruned checkpoint (utils.robustness.find_checkpoints: all but
     # ticket_transfer's and three_regime's)
     "robustness": ("train_dense", "prune_magnitude", "lottery_imp", "early_bird", "prune_at_init", "earlycrop"),
+    # measures every network of the leaderboard: the steps whose runs it lists
+    "deploy": ("train_dense", "prune_magnitude", "lottery_imp", "early_bird", "prune_at_init", "earlycrop"),
 }
 # Run once over the top-level results folder, after every training job of every seed.
 FINAL_STEPS = ("plot_results", "make_report")

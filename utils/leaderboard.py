@@ -75,9 +75,15 @@ class Entry:
     source: str  # the results file the accuracy comes from
     measured: bool = False
     line: str = None  # the figures' legend entry joining this point to others (default: method)
+    checkpoint: str = None  # the trained network, relative to the checkpoint folder (deploy.py measures it)
 
     def __post_init__(self):
         self.line = self.line or self.method
+
+    @property
+    def run_summary(self):
+        """The run's summary.json, relative to the results folder (deploy/summary.csv's `source`)."""
+        return f"{self.checkpoint.rsplit('/', 1)[0]}/summary.json" if self.checkpoint else None
 
 
 @lru_cache(maxsize=None)
@@ -124,7 +130,8 @@ class Leaderboard:
         self.dense_cost = train_cost((self.dense_epochs, self.dense_flops)) if self.dense_epochs else None
         self.entries, self.missing = [], []
         if dense:
-            self._add("dense", LABELS["dense"], 0.0, dense, "test_acc", self.dense_cost, "dense/summary.json")
+            self._add("dense", LABELS["dense"], 0.0, dense, "test_acc", self.dense_cost, "dense/summary.json",
+                      checkpoint=f"dense/epoch_{int(self.dense_epochs):03d}.pt" if self.dense_epochs else None)
         for family, reader in (("magnitude", self._magnitude), ("lottery", self._lottery),
                                ("early_bird", self._early_bird), ("prune_at_init", self._prune_at_init),
                                ("earlycrop", self._earlycrop)):
@@ -132,11 +139,11 @@ class Leaderboard:
         self.entries.sort(key=lambda e: (round(e.sparsity, 4), e.cost))
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _add(self, family, method, sparsity, row, column, cost, source, measured=False, line=None):
+    def _add(self, family, method, sparsity, row, column, cost, source, measured=False, line=None, checkpoint=None):
         if row is None or not isinstance(row.get(column), (int, float)) or cost is None:
             return
         self.entries.append(Entry(family, method, float(sparsity), float(row[column]), sd_of(row, column),
-                                  n_of(row, column), float(cost), source, measured, line))
+                                  n_of(row, column), float(cost), source, measured, line, checkpoint))
 
     def _pruned_at(self, from_epoch):
         """Dense epochs before pruning: the mask's source epoch, else the whole dense run."""
@@ -161,7 +168,7 @@ class Leaderboard:
             kept = masked_flops(self.layers, 1 - r["sparsity"], report.get("layers"))
             cost = train_cost((dense_epochs, self.dense_flops), (epochs, kept))
             self._add("magnitude", LABELS["magnitude"], r["sparsity"], r, "retrained_acc", cost,
-                      "magnitude/summary.csv")
+                      "magnitude/summary.csv", checkpoint="/".join(run) + "/final.pt")
 
     def _ticket_cost(self, run_name, method, sparsity):
         """Training cost of a ticket (or control) of `run_name` at `sparsity`: the dense run to the
@@ -209,7 +216,8 @@ class Leaderboard:
                     label, family = f"{label.split(' (')[0]}, rewound to epoch {rewind:g}", "rewind"
                 found.add(family)
                 self._add(family, label, r["sparsity"], r, "retrained_acc",
-                          self._ticket_cost(run_name, method, r["sparsity"]), f"{run_name}/summary.csv")
+                          self._ticket_cost(run_name, method, r["sparsity"]), f"{run_name}/summary.csv",
+                          checkpoint=f"{run_name}/{method}/{pct_name(r['sparsity'], 'sparsity')}/final.pt")
         for family in ("oneshot", "imp", "reinit", "random", "rewind"):
             if family not in found:
                 self._missing(family)
@@ -237,7 +245,7 @@ class Leaderboard:
             cost = train_cost((r["ticket_epoch"], self.dense_flops), (summary["epochs"], r["flops"]))
             # its weight sparsity: the parameters the compact network lost (BatchNorm's included)
             self._add("early_bird", label, 1 - r["params"] / dense_params, r, "retrained_acc", cost,
-                      "early_bird/summary.csv", measured=True, line=line)
+                      "early_bird/summary.csv", measured=True, line=line, checkpoint="/".join(run) + "/final.pt")
 
     def _prune_at_init(self):
         rows = [r for r in self.res.csv("prune_at_init", "summary.csv")
@@ -251,7 +259,8 @@ class Leaderboard:
                 continue
             cost = train_cost((r["epochs"], masked_flops(self.layers, 1 - r["sparsity"], report.get("layers"))))
             self._add("prune_at_init", f"{AT_INIT_NAMES[r['method']]} at init", r["sparsity"], r, "final_acc", cost,
-                      "prune_at_init/summary.csv")
+                      "prune_at_init/summary.csv",
+                      checkpoint=f"prune_at_init/{r['method']}/original/{pct_name(r['sparsity'], 'sparsity')}/final.pt")
 
     def _earlycrop(self):
         rows = [r for r in self.res.csv("earlycrop", "summary.csv")
@@ -268,4 +277,5 @@ class Leaderboard:
                 continue
             cost = train_cost((r["prune_epoch"], self.dense_flops), (summary["epochs"], after))
             self._add("earlycrop", EARLYCROP_NAMES[r["method"]], sparsity, r, "test_acc", cost,
-                      "earlycrop/summary.csv", measured=True)
+                      "earlycrop/summary.csv", measured=True,
+                      checkpoint=f"earlycrop/{r['method']}/{pct_name(r['sparsity'], 'sparsity')}/final.pt")

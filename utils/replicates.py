@@ -33,6 +33,7 @@ SUMMARY_KEYS = {
     "earlycrop": ["method", "structured", "sparsity"],
     "three_regime": ["axis", "temperature", "density"],
     "ticket_transfer": ["experiment", "arch", "ticket", "mask_from", "trained_on", "round"],
+    "deploy": ["source", "form", "device"],
 }
 # Other tables (trajectories, curves): these columns, and every non-numeric one, are keys.
 GENERIC_KEYS = ["epoch", "alpha", "step", "round", "sparsity", "ratio", "density", "temperature"]

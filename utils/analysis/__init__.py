@@ -14,6 +14,7 @@ from utils.analysis import prune_at_init  # noqa: E402
 from utils.analysis import three_regime  # noqa: E402
 from utils.analysis import ticket_transfer  # noqa: E402
 from utils.analysis import leaderboard  # noqa: E402
+from utils.analysis import deploy  # noqa: E402
 from utils.analysis import early_bird, lottery, magnitude, papers, robustness, setup
 from utils.document import Doc
 from utils.plots.common import Results
@@ -29,7 +30,8 @@ SECTIONS = [
     earlycrop.section,
     three_regime.section,
     ticket_transfer.section,
-    leaderboard.section,  # last: it ranks the methods every earlier section introduces
+    leaderboard.section,  # it ranks the methods every earlier section introduces
+    deploy.section,  # last: the leaderboard's networks, deployed and measured
 ]
 
 

@@ -2,6 +2,7 @@
 the training cost each paid (utils/leaderboard.py), as one table and two figures."""
 from utils.analysis.common import acc
 from utils.document import Table
+from utils.plots.deploy import leaderboard_cells
 from utils.plots.leaderboard import pruned_board
 
 
@@ -44,6 +45,10 @@ def section(doc, res):
     columns = ["sparsity", "method", "test acc (%)", "n", "cost × dense", "GFLOPs / image", "from"]
     rows = [[sparsity_cell(e), e.method, accuracy_cell(e), str(e.n), f"{e.cost / board.dense_cost:.3g}",
              f"{e.cost / 1e9:.4g}", e.source] for e in board.entries]
+    deployed = leaderboard_cells(res)  # deploy.py's measurements, where it ran
+    if deployed:
+        columns += ["CPU ms b128 (fastest form)", "peak MB", "disk MB (smallest form)"]
+        rows = [row + deployed.get(e.run_summary, ["n/a"] * 3) for e, row in zip(board.entries, rows)]
     doc.table(Table("leaderboard", "Every method: test accuracy and training cost, by weight sparsity",
                     columns, rows))
     doc.figure("leaderboard_accuracy_vs_sparsity")

@@ -12,6 +12,7 @@ from utils.plots import prune_at_init  # noqa: E402
 from utils.plots import three_regime  # noqa: E402
 from utils.plots import ticket_transfer  # noqa: E402
 from utils.plots import leaderboard  # noqa: E402
+from utils.plots import deploy  # noqa: E402
 from utils.plots import dense, early_bird, lottery, magnitude, overview, robustness  # noqa: E402
 
 __all__ = ["FIGURES", "FigureSpec", "Results", "arch_label", "build_figure", "col", "pct", "read_csv",
@@ -29,4 +30,5 @@ FIGURES = [
     *three_regime.FIGURES,
     *ticket_transfer.FIGURES,
     *leaderboard.FIGURES,
+    *deploy.FIGURES,
 ]
