@@ -31,7 +31,7 @@ from utils.three_regime import linear_cka, linear_path, softmax_outputs
 from utils.train import Callback, autocast, resolve_precision, seeded, train_run
 
 STEPS = ["train_dense", "prune_magnitude", "lottery_imp", "early_bird", "three_regime", "prune_at_init",
-         "ticket_transfer", "earlycrop", "robustness", "plot_results", "make_report"]
+         "ticket_transfer", "earlycrop", "robustness", "deploy", "plot_results", "make_report"]
 
 
 # --- on any machine: without a GPU the CUDA tests are skipped with their reason, never errors -----
@@ -382,7 +382,8 @@ def test_smoke_pipeline_runs_on_cuda(tmp_path, data_dir, mnist_dir):
                       "--results-dir", res, "--plots-dir", tmp_path / "plots", timeout=900)
     for step in STEPS:
         assert f"] {step}: done in" in proc.stdout, (step, proc.stdout[-3000:])
-    runs = [s for s in (json.loads(p.read_text()) for p in res.rglob("summary.json")) if "device" in s]
+    runs = [s for s in (json.loads(p.read_text()) for p in res.rglob("summary.json") if "deploy" not in p.parts)
+            if "device" in s]  # the training runs (deploy.py's measurements are not trainings)
     assert len(runs) >= 100  # every training run of every script (102 or more)
     assert {s["device"].split(":")[0] for s in runs} == {"cuda"}
     assert all(s.get("compiled") for s in runs)
