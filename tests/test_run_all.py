@@ -2,6 +2,7 @@
 and (the one slow test) the smoke pipeline with two seeds runs end to end on the real CIFAR-10
 slice, a second run trains nothing, and deleting one run's results redoes only that run. The
 launchers themselves (seed layout, dependencies, GPUs, Slurm): tests/test_launch.py."""
+import hashlib
 import json
 import re
 import shlex
@@ -110,11 +111,10 @@ def _stamps(root):
     return {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
 
 
-def _files(res, ck):
-    """mtimes of every trajectory and trained checkpoint: rewritten only by training (a skipping
-    script may still rewrite derived files such as mask.pt)."""
-    trained = [*ck.rglob("final.pt"), *ck.glob("seed_*/dense/*.pt")]
-    return {p: p.stat().st_mtime_ns for p in [*res.rglob("trajectory.csv"), *trained]}
+def _files(*roots):
+    """(mtime, SHA-256) of every file under `roots`, the logs aside."""
+    return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for root in roots
+            for p in root.rglob("*") if p.is_file() and "logs" not in p.relative_to(root).parts}
 
 
 def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
@@ -199,18 +199,20 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     report = (res / "report.md").read_text()
     assert "n = 2" in report and "|Δ| > 2·se" in report
 
-    # a second run trains nothing: no summary, trajectory or trained checkpoint is rewritten
-    stamps, files = _stamps(res), _files(res, ck)
+    # a second run trains, scores, times and draws nothing: no file under checkpoints/, results/
+    # (logs aside) or plots/ is rewritten
+    stamps, files = _stamps(res), _files(res, ck, plots)
     t0 = time.perf_counter()
-    # (plots and report read results only, so the second run leaves them out)
-    second = run_script("run_all.py", *args, "--jobs", 2, "--skip", "plot_results", "make_report", timeout=600)
+    second = run_script("run_all.py", *args, "--jobs", 2, timeout=600)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    assert len(progress) == 2 * (len(TRAINING) + 1)
+    assert len(progress) == 2 * (len(TRAINING) + 1) + 2
     for (step, seed), counts in progress.items():
-        if step != "robustness":  # (evaluate only: no runs of its own)
+        if step not in ("robustness", "plot_results", "make_report"):  # (no runs of their own)
             assert counts[0] == 0 and counts[1] > 0, (step, seed, counts)
-    assert _stamps(res) == stamps and _files(res, ck) == files
+    changed = sorted(str(p) for p in set(files) | set(after := _files(res, ck, plots)) if files.get(p) != after.get(p))
+    assert not changed, changed
+    assert "up to date" in (res / "logs" / "make_report.log").read_text()
     # only start-up and skip checks (a wall-clock bound: CPU load from other processes makes a
     # ratio to the first run unreliable)
     assert second_s < 200, (second_s, first_s)

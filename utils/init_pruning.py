@@ -9,6 +9,7 @@ ties by position, the lowest scores, or the highest for GraSP (Wang et al.'s con
 for the `invert` ablation of the others.
 """
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from models import get_model, model_from_checkpoint, prunable_weights
 from models.resnet import Normalize
 from utils.errors import UserError
 from utils.experiment import pct_name
-from utils.io import load_csv, load_torch, save_csv, save_json
+from utils.io import load_csv, load_json, load_torch, save_csv, save_json, save_torch
 from utils.lottery import reinitialised, write_mask
 from utils.pruning import apply_mask, global_count_mask, global_score_mask, num_to_prune, sparsity_report
 from utils.train import checkpoint, cpu_generator, plan_run, seeded, train_run
@@ -219,6 +220,97 @@ def start_model(init_ckpt, mask, ablation, seed, device):
 
 
 # ---------------------------------------------------------------------------------------------
+# The scores, computed once per settings and kept.
+
+class MethodScores:
+    """One method's masks for every (ablation, sparsity), from scores computed at most once.
+
+    What a mask comes from is kept in checkpoints/<run>/<method>/: `scores.pt` (name -> score; for
+    SynFlow the last round's scores at the highest sparsity computed, original direction),
+    `masks.pt` (SynFlow only: its iterative masks per sparsity and direction) and `scores.json`
+    (the settings they depend on, and the seconds each took). A rerun with the same settings reads
+    them instead of scoring again (recomputed scores can differ in the last fp32 bits with another
+    thread count and flip near-ties); other settings, or `force`, score afresh. Nothing is
+    computed until a run asks for a mask.
+    """
+
+    def __init__(self, folder, method, settings, init_model, batch, seed, iterations, force=False):
+        self.folder, self.method, self.settings = Path(folder), method, settings
+        self.init_model, self.batch, self.seed, self.iterations = init_model, batch, seed, iterations
+        self.meta_path = self.folder / "scores.json"
+        meta = load_json(self.meta_path, fix=f"delete {self.meta_path} to score again") \
+            if self.meta_path.is_file() and not force else None
+        self.valid = meta is not None and meta.get("settings") == settings
+        self.seconds = dict(meta["seconds"]) if self.valid else {}
+        self.scores = self.masks = None
+
+    def _key(self, sparsity, invert):
+        return pct_name(sparsity, "sparsity") + ("_invert" if invert else "")
+
+    def score_seconds(self, ablation, sparsity):
+        """Seconds the scores (SynFlow: the rounds for this sparsity and direction) took; None
+        if they were never computed with these settings."""
+        if self.method != "synflow":
+            return self.seconds.get("scores")
+        return self.seconds.get(self._key(sparsity, ablation == "invert"))
+
+    def _save_meta(self):
+        save_json({"settings": self.settings, "seconds": self.seconds}, self.meta_path)
+        self.valid = True
+
+    def _start_over(self):
+        """Other settings than the kept files': they no longer describe what is computed now."""
+        if not self.valid:
+            self.meta_path.unlink(missing_ok=True)
+            self.seconds = {}
+
+    def _one_shot_scores(self):
+        if self.scores is None:
+            path = self.folder / "scores.pt"
+            if self.valid and "scores" in self.seconds and path.is_file():
+                self.scores = load_torch(path, fix=f"delete {path} to score again")
+            else:
+                self._start_over()
+                t0 = time.perf_counter()
+                batch = self.batch() if self.method in ("snip", "grasp") else None
+                self.scores = one_shot_scores(self.method, self.init_model, batch, self.seed)
+                self.seconds["scores"] = time.perf_counter() - t0
+                save_torch(self.scores, path)
+                self._save_meta()
+        return self.scores
+
+    def _synflow_mask(self, sparsity, invert):
+        path = self.folder / "masks.pt"
+        if self.masks is None:
+            self.masks = load_torch(path, fix=f"delete {path} to score again") \
+                if self.valid and path.is_file() else {}
+        key = self._key(sparsity, invert)
+        if key not in self.masks or key not in self.seconds:
+            self._start_over()
+            t0 = time.perf_counter()
+            mask, scores = synflow_mask(self.init_model, sparsity, self.iterations, invert=invert)
+            self.seconds[key] = time.perf_counter() - t0
+            self.masks[key] = {n: m.bool() for n, m in mask.items()}
+            save_torch(self.masks, path)
+            highest = max((k for k in self.masks if not k.endswith("_invert")), key=lambda k: float(k.split("_")[1]))
+            if key == highest:
+                save_torch(scores, self.folder / "scores.pt")
+            self._save_meta()
+        return {n: m.float() for n, m in self.masks[key].items()}
+
+    def mask(self, ablation, sparsity):
+        """The mask of (`ablation`, `sparsity`): the method's own (original, reinit), each layer
+        shuffled, or the other end pruned (invert; SynFlow: in every round)."""
+        if self.method == "synflow":
+            mask = self._synflow_mask(sparsity, ablation == "invert")
+        else:
+            mask = one_shot_mask(self.method, self._one_shot_scores(), sparsity, invert=ablation == "invert")
+        if ablation == "shuffle":
+            return shuffled(mask, shuffle_generator(self.seed, self.method, sparsity))
+        return mask
+
+
+# ---------------------------------------------------------------------------------------------
 # One subnetwork's run and the summary table.
 
 def run_folder(run_name, method, ablation, sparsity):
@@ -229,27 +321,40 @@ def run_config(config, method, ablation, sparsity):
     return dict(config, method=method, ablation=ablation, sparsity=sparsity)
 
 
-def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model, arch, config,
-                     score_seconds, checkpoint_extra=None):
-    """Train one masked subnetwork in its folders; return its summary.csv row.
+def subnetwork_plan(setup, run_name, method, ablation, sparsity, config):
+    """(plan_run's Plan, whether the run needs its mask made): a finished run, or an interrupted
+    one whose mask.pt is there, keeps the mask it started with."""
+    folder = run_folder(run_name, method, ablation, sparsity)
+    plan = plan_run(setup.checkpoint_dir / folder, setup.results_dir / folder,
+                    run_config(config, method, ablation, sparsity), RUN_OUTPUTS, setup.run.force)
+    keeps_mask = plan.action in ("skip", "resume") and (setup.checkpoint_dir / folder / "mask.pt").is_file()
+    return plan, not keeps_mask
+
+
+def train_subnetwork(setup, *, run_name, method, ablation, sparsity, make_mask, init_ckpt, arch, config,
+                     checkpoint_extra=None):
+    """Train one masked subnetwork in its folders; return its summary.csv row (bar score_seconds).
 
     checkpoints/<run>/<method>/<ablation>/sparsity_<s>/{mask.pt,start.pt,final.pt},
     results/<run>/…/{trajectory.csv,summary.json,sparsity_report.json}. A finished run is
-    skipped and an interrupted one resumes with the mask.pt it started with (`plan_run` decides).
+    skipped and an interrupted one resumes with the mask.pt it started with (`plan_run` decides);
+    `make_mask()` is called only for a run that starts, so a rerun computes no score.
     """
     folder = run_folder(run_name, method, ablation, sparsity)
     ckpt_dir, results_dir = setup.checkpoint_dir / folder, setup.results_dir / folder
+    plan, needs_mask = subnetwork_plan(setup, run_name, method, ablation, sparsity, config)
     config = run_config(config, method, ablation, sparsity)
-    plan = plan_run(ckpt_dir, results_dir, config, RUN_OUTPUTS, setup.run.force)
     mask_path = ckpt_dir / "mask.pt"
-    if plan.action in ("skip", "resume") and mask_path.is_file():
+    if not needs_mask:
         # The run keeps the mask it started with. Its inputs are pinned by the config (init
         # fingerprint, score settings, data); SNIP/GraSP scores recomputed with another thread
         # count can differ in the last fp32 bits and flip near-ties, which must not stop a rerun.
         mask = load_torch(mask_path, "delete it, or rerun with --force to redo this run")
     else:
+        mask = make_mask()
         write_mask(mask_path, mask, force=True)
     epochs = setup.hp.epochs
+    model = None if plan.skip else start_model(init_ckpt, mask, ablation, setup.run.seed, setup.device)
     summary = train_run(
         model, setup.train, setup.test, setup.hp, arch=arch, config=config, ckpt_dir=ckpt_dir,
         results_dir=results_dir, seed=setup.run.seed, force=plan.fresh, outputs=RUN_OUTPUTS,
@@ -260,7 +365,7 @@ def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model
     return {"method": method, "ablation": ablation, "sparsity": sparsity,
             "start_acc": summary["start_test_acc"], "final_acc": summary["test_acc"],
             "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"],
-            "epochs": summary["epochs"], "score_seconds": score_seconds}
+            "epochs": summary["epochs"]}
 
 
 def write_summary(rows, path):
