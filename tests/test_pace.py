@@ -11,7 +11,7 @@ from conftest import REPO, TINY_DATA
 from utils import pace
 from utils.io import load_csv
 
-TINY = [*TINY_DATA, "--train-subset", 256, "--test-subset", 128, "--epochs", 3, "--milestones", 2,
+TINY = [*TINY_DATA, "--train-subset", 128, "--test-subset", 64, "--epochs", 3, "--milestones", 2,
         "--save-epochs", 1, 2, 3]
 
 
