@@ -210,7 +210,8 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     for (step, seed), counts in progress.items():
         if step not in ("robustness", "plot_results", "make_report"):  # (no runs of their own)
             assert counts[0] == 0 and counts[1] > 0, (step, seed, counts)
-    changed = sorted(str(p) for p in set(files) | set(after := _files(res, ck, plots)) if files.get(p) != after.get(p))
+    after = _files(res, ck, plots)
+    changed = sorted(str(p) for p in set(files) | set(after) if files.get(p) != after.get(p))
     assert not changed, changed
     assert "up to date" in (res / "logs" / "make_report.log").read_text()
     # only start-up and skip checks (a wall-clock bound: CPU load from other processes makes a
