@@ -15,12 +15,11 @@ from pathlib import Path
 from utils.code_zip import write_code_zip
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
-from utils.freshness import inputs_digest, mark_up_to_date, up_to_date
+from utils.freshness import REPORT_FILES, inputs_digest, mark_up_to_date, up_to_date
 from utils.replicates import write_aggregates
 from utils.report import write_report
 
 REPO = Path(__file__).resolve().parent
-INPUTS_STAMP = ".report_inputs.json"  # the digest of what the report was made from (utils/freshness.py)
 
 
 def parse_args(argv):
@@ -46,11 +45,10 @@ def main(argv=None):
         print(f"wrote {path}")
 
     # Step 2: nothing to do when neither the results, the papers nor the code changed since.
-    pdf_path, md_path, zip_path = results_dir / "report.pdf", results_dir / "report.md", results_dir / "code.zip"
+    # (the digest of what the report was made from: results/.report_inputs.json, utils/freshness.py)
+    pdf_path, md_path, zip_path, stamp = (results_dir / name for name in REPORT_FILES)
     outputs = [pdf_path, md_path] + ([] if args.no_zip else [zip_path])
-    stamp = results_dir / INPUTS_STAMP
-    digest = inputs_digest(results_dir, leave_out=[*outputs, zip_path, stamp], extra=[args.papers],
-                           settings={"papers": str(args.papers), "no_zip": args.no_zip})
+    digest = inputs_digest(results_dir, extra=[args.papers], settings={"papers": str(args.papers), "no_zip": args.no_zip})
     if up_to_date(stamp, digest):
         print(f"{', '.join(p.name for p in outputs)} in {results_dir}/ are up to date with its results, "
               "the papers and the code; nothing to write")

@@ -230,3 +230,19 @@ def test_bad_inputs_exit_2_with_one_line(tiny_dense, tmp_path, capsys):
     (broken / "bn_history.pt").unlink()
     assert_user_error(call_main(capsys, *out, "--dense-run", broken), "bn_history.pt", "python train_dense.py")
     assert not (tmp_path / "res" / "early_bird" / "summary.csv").exists()
+
+
+def test_rerun_evaluates_no_finished_ticket_and_writes_nothing(eb, monkeypatch, capsys):
+    # the same command again, in-process, with every evaluation refused: a finished ticket's
+    # accuracies come from its summary.csv row, so nothing is evaluated and no file is rewritten
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in eb["res"].parent.parent.rglob("*") if p.is_file()}
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished ticket was evaluated again")
+    monkeypatch.setattr(early_bird, "evaluate", no_evaluation)
+    early_bird.main([*map(str, TINY_DATA), *map(str, SMALL), "--dense-run", str(eb["dense"]["run"]),
+                     "--ticket-epochs", "1", "2", "--eb-window", "3",
+                     "--checkpoint-dir", str(eb["ck"].parent), "--results-dir", str(eb["res"].parent)])
+    assert capsys.readouterr().err.count("finished already") == 4
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in eb["res"].parent.parent.rglob("*") if p.is_file()}
+    assert after == files

@@ -15,14 +15,15 @@ def test_digest_follows_the_results_and_the_stamp_its_outputs(tmp_path):
     assert not up_to_date(stamp, digest)  # never made
     mark_up_to_date(stamp, digest, [out / "a.png"])
     assert up_to_date(stamp, digest)
-    # a log, or a file left out, changes nothing
+    # a log, the report (made from the results) or a file left out change nothing
     (res / "logs" / "train_dense.log").write_text("attempt 2")
     (res / "report.pdf").write_bytes(b"%PDF")
-    assert inputs_digest(res, leave_out=[res / "report.pdf"], settings={"plots_dir": str(out)}) == digest
+    (res / "notes.txt").write_text("mine")
+    assert inputs_digest(res, leave_out=[res / "notes.txt"], settings={"plots_dir": str(out)}) == digest
     # a result's content, another setting: other inputs
     assert inputs_digest(res, settings={"plots_dir": "elsewhere"}) != digest
     (res / "dense" / "summary.json").write_text('{"test_acc": 91.3}')
-    assert inputs_digest(res, leave_out=[res / "report.pdf"], settings={"plots_dir": str(out)}) != digest
+    assert inputs_digest(res, leave_out=[res / "notes.txt"], settings={"plots_dir": str(out)}) != digest
     # an output gone: not up to date, whatever the digest
     (res / "dense" / "summary.json").write_text('{"test_acc": 91.2}')
     (out / "a.png").unlink()

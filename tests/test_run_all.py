@@ -212,7 +212,7 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
             assert counts[0] == 0 and counts[1] > 0, (step, seed, counts)
     after = _files(res, ck, plots)
     changed = sorted(str(p) for p in set(files) | set(after) if files.get(p) != after.get(p))
-    assert not changed, changed
+    assert not changed, "rewritten by the rerun:\n" + "\n".join(changed)
     assert "up to date" in (res / "logs" / "make_report.log").read_text()
     # only start-up and skip checks (a wall-clock bound: CPU load from other processes makes a
     # ratio to the first run unreliable)

@@ -14,12 +14,15 @@ from utils.code_zip import source_files
 from utils.io import load_json, save_json
 
 REPO = Path(__file__).resolve().parents[1]
+# what make_report.py writes into the results folder: made from the results, never an input
+REPORT_FILES = ("report.pdf", "report.md", "code.zip", ".report_inputs.json")
 
 
 def results_inputs(results_dir, leave_out=()):
-    """Every file under `results_dir` but logs and the files or folders in `leave_out`, sorted."""
+    """Every file under `results_dir` but logs, the report's files and the files or folders in
+    `leave_out`, sorted."""
     results_dir = Path(results_dir)
-    leave_out = [Path(p).resolve() for p in leave_out]
+    leave_out = [Path(p).resolve() for p in [*leave_out, *(results_dir / name for name in REPORT_FILES)]]
 
     def kept(p):
         resolved = p.resolve()
