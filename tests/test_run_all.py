@@ -1,6 +1,7 @@
 """run_all.py: the presets' commands are consistent with the dense run, user errors are one line,
 and (the one slow test) the smoke pipeline with two seeds runs end to end on the real CIFAR-10
-slice, a second run trains nothing, and deleting one run's results redoes only that run. The
+slice, a second run trains, scores, evaluates and draws nothing and rewrites no file, and
+deleting one run's results redoes only that run. The
 launchers themselves (seed layout, dependencies, GPUs, Slurm): tests/test_launch.py."""
 import hashlib
 import json
@@ -119,7 +120,7 @@ def _files(*roots):
 
 def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     """The one slow test: smoke preset with two seeds from nothing (two complete replicates, seeds
-    side by side), then again (nothing trained), then with one run's results deleted (only that run
+    side by side), then again (nothing trained, no file rewritten), then with one run's results deleted (only that run
     retrained)."""
     ck, res, plots = tmp_path / "checkpoints", tmp_path / "results", tmp_path / "plots"
     args = ["--preset", "smoke", "--seeds", 0, 1, *TINY_DATA, "--mnist-dir", MNIST_DIR, "--checkpoint-dir", ck,
