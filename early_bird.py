@@ -19,6 +19,7 @@ finished. summary.csv keeps the rows of earlier commands for other (epoch, ratio
 rerun of a finished command re-times nothing and writes no file (timings live in speed.json).
 """
 import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
+import functools
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from utils.early_bird import (POOLS, SCHEDULES, EpochOffset, check_dense_checkpo
 from utils.config import TrainConfig
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, pct_name, task_parser, task_setup
-from utils.io import load_csv, load_json, save_csv, save_json
+from utils.io import _fmt, load_csv, load_json, save_csv, save_json
 from utils.pruning import weights_fingerprint
 from utils.train import SummaryFields, evaluate, plan_run, seeded, train_run
 
@@ -164,15 +165,18 @@ def main(argv=None):
     device, seed = setup.device, setup.run.seed
     precision = setup.hp.precision
     dense, _ = load_checkpoint(dense_checkpoint(dense_run, final_epoch), device, hint)
-    dense_acc = evaluate(dense, setup.test, precision=precision)[1]
     dense_params, dense_flops = count_params(dense), count_flops(dense)
     dense_images = dense_config.get("train_subset") or CIFAR10_TRAIN_IMAGES
     dense_train_flops = training_flops(final_epoch, dense_images, dense_flops)
     dense.to(memory_format=torch.channels_last)  # the layout training and evaluation use
     speed_x = seeded(lambda: torch.rand(args.speed_batch, 3, 32, 32), seed, "speed").to(
         device, memory_format=torch.channels_last)
-    print(f"dense {arch} (epoch {final_epoch}): {dense_acc:.2f}%, {dense_params:,} params, "
-          f"{dense_flops / 1e6:.1f} MFLOPs/image")
+    print(f"dense {arch} (epoch {final_epoch}): {dense_params:,} params, {dense_flops / 1e6:.1f} MFLOPs/image")
+    # accuracies on the test set, evaluated only for a ticket not finished already (a finished
+    # ticket's row in summary.csv keeps them)
+    accuracy = functools.cache(lambda name, model: evaluate(model, setup.test, precision=precision)[1])
+    summary_path = res_root / "summary.csv"
+    earlier = {(int(r["ticket_epoch"]), float(r["ratio"])): r for r in (load_csv(summary_path) if summary_path.is_file() else [])}
 
     # Step 5: per ticket: select channels, build the compact net, measure it, retrain it.
     rows, ticket_model, ticket_at = [], None, None
@@ -184,7 +188,6 @@ def main(argv=None):
                 data_dir=args.data_dir, device=device, download=not args.no_download, hint=hint)
             ticket_model = model_from_checkpoint(ticket_ckpt, device)
             ticket_at = epoch
-            dense_epoch_acc = evaluate(ticket_model, setup.test, precision=precision)[1]
             # the ticket's identity: the weights it is drawn from, wherever the folder lies
             dense_sha256 = weights_fingerprint(ticket_ckpt["model"])
         gammas = block_gammas(ticket_model)
@@ -194,7 +197,6 @@ def main(argv=None):
         chosen = channel_chosen_by_score(gammas, selection)
         widths = selection.widths
         compact = compact_model(ticket_model, selection.keep)
-        pruned_acc = evaluate(compact, setup.test, precision=precision)[1]
         params, flops = count_params(compact), count_flops(compact)
 
         sub = Path(f"epoch_{epoch:03d}") / pct_name(ratio, "ratio")
@@ -208,6 +210,12 @@ def main(argv=None):
         config = setup.config(arch=arch, shortcut=shortcut, dense_sha256=dense_sha256, ticket_epoch=epoch,
                               ratio=ratio, retrain_from=args.retrain_from, widths=widths, **schedule)
         plan = plan_run(ckpt_root / sub, res_root / sub, config, TICKET_OUTPUTS, setup.run.force)
+        old = earlier.get((epoch, ratio)) if plan.skip else None
+        if old is not None and old.get("retrained_acc") == str(_fmt(plan.summary["test_acc"])):
+            dense_acc, pruned_acc, dense_epoch_acc = (float(old[k]) for k in ("dense_acc", "pruned_acc", "dense_epoch_acc"))
+        else:
+            dense_acc, pruned_acc = accuracy("dense", dense), evaluate(compact, setup.test, precision=precision)[1]
+            dense_epoch_acc = accuracy(f"epoch {epoch}", ticket_model)
         speed = speed_of(res_root / sub / "speed.json", args, device, None if plan.skip else {})
         if speed is None:  # timed once per trained ticket, kept beside its trajectory
             dense_s, compact_s = forward_seconds(

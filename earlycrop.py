@@ -156,7 +156,7 @@ def main(argv=None):
         same = next((r for r in earlier if same_device and r.get("source") == row["source"]
                      and r.get("method") == row["method"] and r.get("test_acc") == fmt(row["test_acc"])), None)
         if same is not None:
-            return dict(row, **{k: float(same[k]) if same[k] != "" else None for k in MEASURED})
+            return dict(row, **{k: number(same[k]) for k in MEASURED})
         return dict(row, **measure(
             read_checkpoint(final_path), setup.hp.batch_size, device, n_full, channels_full, args.timing_steps))
 
@@ -255,6 +255,14 @@ def _how(info, override):
 def fmt(v):
     """A value as summary.csv writes it (to compare with the rows read back)."""
     return str(_fmt(v))
+
+
+def number(text):
+    """A number read back from summary.csv as it was measured: an int stays an int (so a rerun
+    writes "81626368", not "8.16264e+07"), "" is None."""
+    if text == "":
+        return None
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def print_row(row):

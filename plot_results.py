@@ -5,7 +5,9 @@
 
 A figure whose input is missing is skipped with one line naming the command that makes it. A
 results folder of `seed_<s>/` replicates (run_all.py --seeds) is drawn as their mean with error
-bars or bands of ± the seed-to-seed sd, after writing each task's `aggregate.csv`.
+bars or bands of ± the seed-to-seed sd, after writing each task's `aggregate.csv`. When neither
+the results nor the code changed since the figures were drawn (plots/.inputs.json), nothing is
+redrawn.
 """
 from pathlib import Path
 
@@ -13,8 +15,11 @@ import matplotlib.pyplot as plt
 
 from utils.config import make_parser
 from utils.errors import UserError, cli_main
+from utils.freshness import inputs_digest, mark_up_to_date, up_to_date
 from utils.plots import FIGURES, Results, build_figure, save_figure
 from utils.replicates import write_aggregates
+
+INPUTS_STAMP = ".inputs.json"  # the digest of what the figures were drawn from (utils/freshness.py)
 
 
 def parse_args(argv):
@@ -36,9 +41,16 @@ def main(argv=None):
     for path in write_aggregates(results_dir):
         print(f"wrote {path}")
 
-    # Step 2: each figure from its own files; a missing input skips just that figure.
+    # Step 2: nothing to do when neither the results nor the code changed since the figures were made.
+    stamp = plots_dir / INPUTS_STAMP
+    digest = inputs_digest(results_dir, leave_out=[plots_dir], settings={"plots_dir": str(plots_dir)})
+    if up_to_date(stamp, digest):
+        print(f"figures in {plots_dir}/ are up to date with {results_dir}/ and the code; nothing to draw")
+        return
+
+    # Step 3: each figure from its own files; a missing input skips just that figure.
     res = Results(results_dir)
-    written = 0
+    written = []
     for spec in FIGURES:
         fig, skipped = build_figure(spec, res)
         if skipped:
@@ -46,9 +58,10 @@ def main(argv=None):
             continue
         save_figure(fig, plots_dir / spec.name)
         plt.close(fig)
-        written += 1
+        written += [plots_dir / f"{spec.name}.png", plots_dir / f"{spec.name}.pdf"]
         print(f"wrote {plots_dir / spec.name}.png and .pdf")
-    print(f"{written} of {len(FIGURES)} figures written to {plots_dir}/")
+    mark_up_to_date(stamp, digest, written)
+    print(f"{len(written) // 2} of {len(FIGURES)} figures written to {plots_dir}/")
 
 
 if __name__ == "__main__":

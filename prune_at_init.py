@@ -13,22 +13,21 @@ sparsity_<s>/{trajectory.csv,summary.json,sparsity_report.json} and results/<run
 see docs/prune_at_init.md.
 """
 import utils.runtime  # noqa: F401  (first: CPU threads and OpenMP wait policy, set before torch loads)
-import time
+import functools
 from pathlib import Path
+
+import torch
 
 from data import load_from_config
 from models import ARCHS, model_from_checkpoint, read_checkpoint
 from utils.errors import UserError, cli_main
 from utils.experiment import check_fractions, task_parser, task_setup
-from utils.init_pruning import (ABLATIONS, DENSE_METHOD, METHODS, SCORE_BATCH_SIZE,
-                                check_init_checkpoint, draw_score_batch, fresh_init_checkpoint,
-                                keep_all_mask, one_shot_mask, one_shot_scores, prunes_highest,
-                                run_config, run_folder, shuffle_generator, shuffled, start_model,
-                                synflow_mask, train_subnetwork, write_summary)
-from utils.io import save_torch
+from utils.init_pruning import (ABLATIONS, DENSE_METHOD, METHODS, SCORE_BATCH_SIZE, MethodScores,
+                                check_init_checkpoint, draw_score_batch, fresh_init_checkpoint, keep_all_mask,
+                                subnetwork_plan, train_subnetwork, write_summary)
+from utils.io import load_csv, load_torch, save_torch
 from utils.lottery import checkpoint_label
-from utils.pruning import ScoreChoice, chosen_by_score, weights_fingerprint
-from utils.train import finished_summary
+from utils.pruning import weights_fingerprint
 
 DEFAULT_SPARSITIES = [0.0, 0.3, 0.6, 0.9, 0.98]  # the reproduction report's
 
@@ -123,72 +122,60 @@ def main(argv=None):
     for method in methods:
         for s in (s for s in sparsities if s > 0):
             plan += [(method, a, s) for a in (["original"] if method == "random" else ablations)]
-    configs = {}
-    for method, ablation, s in plan:
-        configs[method] = dict(config, **method_config(method, args))
-        finished_summary(setup.results_dir / run_folder(run_name, method, ablation, s),
-                         run_config(configs[method], method, ablation, s), setup.run.force)
-    print(f"{run_name}: {len(plan)} subnetworks of {arch} from {init_label}, {setup.hp.epochs} epochs each")
+    configs = {m: dict(config, **method_config(m, args)) for m in {m for m, _, _ in plan}}
+    left = [run for run in plan
+            if not subnetwork_plan(setup, run_name, *run, configs[run[0]])[0].skip]
+    print(f"{run_name}: {len(plan)} subnetworks of {arch} from {init_label}, {setup.hp.epochs} epochs each, "
+          f"{len(plan) - len(left)} finished already")
 
-    # Step 4: the data, and the score batch (SNIP, GraSP): unaugmented training images only.
-    setup.train, setup.test = load_from_config(setup.data, device)
+    # Step 4: the data (only if a run is left to train), and the score batch (SNIP, GraSP; drawn
+    # only if a score is computed): unaugmented training images only.
+    if left:
+        setup.train, setup.test = load_from_config(setup.data, device)
     ckpt_root = setup.checkpoint_dir / run_name
-    batch = None
-    if {"snip", "grasp"} & set(methods):
+
+    @functools.cache
+    def score_batch():
         batch = draw_score_batch(setup.train, args.score_per_class, seed)
-        save_torch(batch, ckpt_root / "score_batch.pt")
+        path = ckpt_root / "score_batch.pt"
+        if not path.is_file() or not torch.equal(load_torch(path)["indices"], batch["indices"]):
+            save_torch(batch, path)
+        return batch
+
+    if any(method in ("snip", "grasp") for method, _, _ in left):
+        score_batch()  # drawn now: a split too small for --score-per-class stops us before any training
     init_model = model_from_checkpoint(init_ckpt, device)
-    subnet = dict(setup=setup, run_name=run_name, arch=arch, checkpoint_extra=extra)
+    # what the scores depend on: the init, the method, its settings and, for data scores, the data
+    score_settings = {"init_fingerprint": config["init_fingerprint"], "seed": seed}
+    scores = {m: MethodScores(ckpt_root / m, m, dict(score_settings, method=m, **method_config(m, args),
+                                                     **({"train_subset": setup.data.train_subset}
+                                                        if m in ("snip", "grasp") else {})),
+                              init_model, score_batch, seed, args.synflow_iterations,
+                              force=setup.run.force, score_batch_size=args.score_batch_size)
+              for m in methods}
+    # a finished run's scoring time is the one its row recorded
+    summary_path = setup.results_dir / run_name / "summary.csv"
+    recorded = {(r["method"], r["ablation"], float(r["sparsity"])): r["score_seconds"]
+                for r in (load_csv(summary_path) if summary_path.is_file() else [])}
+    subnet = dict(setup=setup, run_name=run_name, arch=arch, init_ckpt=init_ckpt, checkpoint_extra=extra)
     rows = []
 
     # Step 5: sparsity 0, the one dense run every method shares.
     if 0.0 in sparsities:
-        mask = keep_all_mask(init_model)
-        rows.append(train_subnetwork(method=DENSE_METHOD, ablation="original", sparsity=0.0, mask=mask,
-                                     model=start_model(init_ckpt, mask, "original", seed, device),
-                                     config=configs[DENSE_METHOD], score_seconds=0.0, **subnet))
+        rows.append(dict(train_subnetwork(method=DENSE_METHOD, ablation="original", sparsity=0.0,
+                                          make_mask=lambda: keep_all_mask(init_model),
+                                          config=configs[DENSE_METHOD], **subnet), score_seconds=0.0))
 
-    # Step 6: each method: score the init, derive every ablation's mask, train each subnetwork.
-    for method in methods:
-        targets = [s for s in sparsities if s > 0]
-        if not targets:
-            continue
-        todo = ["original"] if method == "random" else ablations
-        if method != "synflow":
-            t0 = time.perf_counter()
-            scores = one_shot_scores(method, init_model, batch, seed, args.score_batch_size)
-            seconds = time.perf_counter() - t0
-            save_torch(scores, ckpt_root / method / "scores.pt")
-        for s in targets:
-            # chosen_by_score: the share of removed weights the score decided, not a tie at the
-            # cut broken by position (utils.pruning.ScoreChoice); shuffle and reinit keep the
-            # original's, whose per-layer counts they keep
-            if method == "synflow":  # iterative: one schedule per sparsity, and per end when inverted
-                t0, choice = time.perf_counter(), ScoreChoice()
-                mask, scores = synflow_mask(init_model, s, args.synflow_iterations, choice=choice)
-                seconds = time.perf_counter() - t0
-                save_torch(scores, ckpt_root / method / "scores.pt")  # the last sparsity's last round
-            else:
-                mask = one_shot_mask(method, scores, s)
-                choice = ScoreChoice().add(scores, mask, prune_highest=prunes_highest(method))
-            for ablation in todo:
-                ablation_seconds, chosen = seconds, choice.share
-                if ablation == "original" or ablation == "reinit":
-                    ablated = mask
-                elif ablation == "shuffle":
-                    ablated = shuffled(mask, shuffle_generator(seed, method, s))
-                elif method == "synflow":  # invert: the other end pruned in every round
-                    t0, inverted = time.perf_counter(), ScoreChoice()
-                    ablated, _ = synflow_mask(init_model, s, args.synflow_iterations, invert=True, choice=inverted)
-                    ablation_seconds, chosen = time.perf_counter() - t0, inverted.share
-                else:
-                    ablated = one_shot_mask(method, scores, s, invert=True)
-                    chosen = chosen_by_score(scores, ablated, prune_highest=prunes_highest(method, True))
-                rows.append(train_subnetwork(
-                    method=method, ablation=ablation, sparsity=s, mask=ablated,
-                    model=start_model(init_ckpt, ablated, ablation, seed, device),
-                    config=configs[method], score_seconds=ablation_seconds, chosen_by_score=chosen,
-                    **subnet))
+    # Step 6: each method, sparsity and ablation: its mask (scoring the init only for a run that
+    # starts), then the subnetwork trained.
+    for method, ablation, s in (run for run in plan if run[0] != DENSE_METHOD):
+        row = train_subnetwork(method=method, ablation=ablation, sparsity=s, config=configs[method],
+                               make_mask=functools.partial(scores[method].mask, ablation, s),
+                               share=functools.partial(scores[method].chosen, ablation, s), **subnet)
+        # a finished run keeps the scoring time its row recorded; a new one: the kept or measured time
+        key = (method, ablation, s)
+        seconds = recorded[key] if key not in left and key in recorded else scores[method].score_seconds(ablation, s)
+        rows.append(dict(row, score_seconds=seconds))
 
     # Step 7: the summary table.
     path = setup.results_dir / run_name / "summary.csv"

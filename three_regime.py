@@ -141,7 +141,8 @@ def main(argv=None):
             chosen = magnitude_choice(conv_weights(source), mask, scope="layerwise").share
             write_mask(cell_ckpt / "mask.pt", mask, force)
             start = apply_mask(model_from_checkpoint(source_ckpt, device), mask)
-            save_torch(checkpoint(start, arch, 0, source_ckpt.get("config"), mask=mask), cell_ckpt / "start.pt")
+            if force or not (cell_ckpt / "start.pt").is_file():  # derived from mask.pt's inputs: a rerun writes nothing
+                save_torch(checkpoint(start, arch, 0, source_ckpt.get("config"), mask=mask), cell_ckpt / "start.pt")
             config = setup.config(arch=arch, shortcut=shortcut, axis=args.axis, temperature=temperature,
                                   density=density, source=checkpoint_label(source_path),
                                   source_fingerprint=source_fp)

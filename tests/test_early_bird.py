@@ -295,3 +295,19 @@ def test_report_says_which_retraining_ran():
     text = _retraining([{"retrain_from": "scratch", "retrain_schedule": "remaining"}])
     assert "freshly initialised" in text and "epochs e+1 … E at the dense run's learning rates" in text
     assert "(the authors' released code)" in text
+
+
+def test_rerun_evaluates_no_finished_ticket_and_writes_nothing(eb, monkeypatch, capsys):
+    # the same command again, in-process, with every evaluation refused: a finished ticket's
+    # accuracies come from its summary.csv row, so nothing is evaluated and no file is rewritten
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in eb["res"].parent.parent.rglob("*") if p.is_file()}
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished ticket was evaluated again")
+    monkeypatch.setattr(early_bird, "evaluate", no_evaluation)
+    early_bird.main([*map(str, TINY_DATA), *map(str, SMALL), "--dense-run", str(eb["dense"]["run"]),
+                     "--ticket-epochs", "1", "2", "--eb-window", "3",
+                     "--checkpoint-dir", str(eb["ck"].parent), "--results-dir", str(eb["res"].parent)])
+    assert capsys.readouterr().err.count("finished already") == 4
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in eb["res"].parent.parent.rglob("*") if p.is_file()}
+    assert after == files

@@ -101,7 +101,8 @@ def test_missing_inputs_are_skipped_with_the_command(tmp_path):
     results = make_results_tree(tmp_path / "results", parts=("dense",))
     plots = tmp_path / "plots"
     proc = run_script("plot_results.py", "--results-dir", results, "--plots-dir", plots)
-    assert sorted(p.name for p in plots.iterdir()) == ["dense_trajectory.pdf", "dense_trajectory.png"]
+    # (beside the figures, the hidden digest of their inputs: utils/freshness.py)
+    assert sorted(p.name for p in plots.iterdir()) == [".inputs.json", "dense_trajectory.pdf", "dense_trajectory.png"]
     skipped = [ln for ln in proc.stdout.splitlines() if ln.startswith("skipped")]
     assert len(skipped) == len(FIGURES) - 1
     assert any("prune_at_init_ablations" in ln and "(run: python prune_at_init.py)" in ln for ln in skipped)

@@ -2,6 +2,7 @@
 SynFlow schedule, the ablations' invariants, VGG-16, bad input, and the script end to end."""
 import copy
 import re
+import shutil
 import subprocess
 import time
 
@@ -418,9 +419,14 @@ def test_script_masks_are_the_exact_selection_of_their_scores(pai):
 
 
 def test_script_reruns_skip_synflow_ignores_data_and_settings_are_checked(pai, capsys):
-    # the same command again: every run is finished, nothing is retrained. One saved mask has a
-    # near-tie flipped, as SNIP scores recomputed with another thread count can have: a finished
-    # run keeps its own mask and is not refused (its inputs are pinned by its config).
+    # the same command again: every run is finished, nothing is retrained, scored or written
+    before = file_stamps(pai["ck"], pai["res"])
+    proc = run_script("prune_at_init.py", *pai["args"])
+    assert proc.stderr.count("finished already") == 13 and "13 finished already" in proc.stdout
+    assert file_stamps(pai["ck"], pai["res"]) == before  # every file: scores, masks, summaries, tables
+    # One saved mask has a near-tie flipped, as SNIP scores recomputed with another thread count
+    # can have: a finished run keeps its own mask and is not refused (its inputs are pinned by
+    # its config).
     mask_path = pai["ck"] / "snip" / "original" / "sparsity_90" / "mask.pt"
     saved = mask_path.read_bytes()
     flipped = load(mask_path)
@@ -450,6 +456,43 @@ def test_script_reruns_skip_synflow_ignores_data_and_settings_are_checked(pai, c
     args[args.index("--score-per-class") + 1] = "3"
     proc = in_process(capsys, *args)
     assert_user_error(proc, "other settings", "score_per_class", "--force")
+
+
+def file_stamps(*roots):
+    """{path: (mtime, bytes)} of every file under `roots`."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for root in roots for p in root.rglob("*") if p.is_file()}
+
+
+def test_scores_are_kept_with_their_settings_and_reused_by_new_runs(pai, tmp_path):
+    # a copy of the finished command's folders, so the module's other tests see them unchanged
+    root = tmp_path / "copy"
+    shutil.copytree(pai["root"] / "c", root / "c")
+    shutil.copytree(pai["root"] / "r", root / "r")
+    ck = root / "c" / "prune_at_init"
+    meta = load_json(ck / "snip" / "scores.json")
+    assert meta["settings"]["score_per_class"] == 2 and meta["settings"]["method"] == "snip"
+    assert meta["seconds"]["scores"] > 0 and set(load_json(ck / "synflow" / "scores.json")["seconds"]) == {
+        "sparsity_90", "sparsity_90_invert"}
+    # the kept scores stand in for what the next computation would give: replace SNIP's by other
+    # values; a new sparsity with the same settings must prune by them, not by fresh scores
+    fake = {k: torch.rand(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in load(ck / "snip" / "scores.pt").items()}
+    torch.save(fake, ck / "snip" / "scores.pt")
+    kept_files = [ck / m / f for m in ("snip", "grasp", "synflow") for f in ("scores.pt", "scores.json")]
+    kept = file_stamps(*kept_files[:-1], ck / "score_batch.pt")
+    synflow_seconds = load_json(ck / "synflow" / "scores.json")["seconds"]
+    args = [str(a) for a in pai["args"]]
+    i = args.index("--sparsities")
+    args[i + 1:i + 3] = ["0", "0.5", "0.9"]
+    args[args.index("--checkpoint-dir") + 1], args[args.index("--results-dir") + 1] = str(root / "c"), str(root / "r")
+    proc = run_script("prune_at_init.py", *args, "--ablations", "original", "invert")
+    assert "13 subnetworks" in proc.stdout and "7 finished already" in proc.stdout
+    assert file_stamps(*kept_files[:-1], ck / "score_batch.pt") == kept  # (SynFlow's seconds grew)
+    new_mask = load(ck / "snip" / "original" / "sparsity_50" / "mask.pt")
+    assert zeros_of(new_mask) == zeros_of(one_shot_mask("snip", fake, 0.5))
+    # SynFlow's masks at the new sparsity joined the kept ones; the old ones were not recomputed
+    masks = load(ck / "synflow" / "masks.pt")
+    assert set(masks) == {"sparsity_50", "sparsity_50_invert", "sparsity_90", "sparsity_90_invert"}
+    assert load_json(ck / "synflow" / "scores.json")["seconds"].items() >= synflow_seconds.items()
 
 
 def test_fresh_arch_init_is_the_dense_init_bit_for_bit(tiny_dense):

@@ -1,7 +1,9 @@
 """run_all.py: the presets' commands are consistent with the dense run, user errors are one line,
 and (the one slow test) the smoke pipeline with two seeds runs end to end on the real CIFAR-10
-slice, a second run trains nothing, and deleting one run's results redoes only that run. The
+slice, a second run trains, scores, evaluates and draws nothing and rewrites no file, and
+deleting one run's results redoes only that run. The
 launchers themselves (seed layout, dependencies, GPUs, Slurm): tests/test_launch.py."""
+import hashlib
 import json
 import re
 import shlex
@@ -112,11 +114,10 @@ def _stamps(root):
     return {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
 
 
-def _files(res, ck):
-    """mtimes of every trajectory and trained checkpoint: rewritten only by training (a skipping
-    script may still rewrite derived files such as mask.pt)."""
-    trained = [*ck.rglob("final.pt"), *ck.glob("seed_*/dense/*.pt")]
-    return {p: p.stat().st_mtime_ns for p in [*res.rglob("trajectory.csv"), *trained]}
+def _files(*roots):
+    """(mtime, SHA-256) of every file under `roots`, the logs aside."""
+    return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for root in roots
+            for p in root.rglob("*") if p.is_file() and "logs" not in p.relative_to(root).parts}
 
 
 def _check_deploy(seed_results):
@@ -144,7 +145,7 @@ def _check_deploy(seed_results):
 
 def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     """The one slow test: smoke preset with two seeds from nothing (two complete replicates, seeds
-    side by side), then again (nothing trained), then with one run's results deleted (only that run
+    side by side), then again (nothing trained, no file rewritten), then with one run's results deleted (only that run
     retrained)."""
     ck, res, plots = tmp_path / "checkpoints", tmp_path / "results", tmp_path / "plots"
     args = ["--preset", "smoke", "--seeds", 0, 1, *TINY_DATA, "--mnist-dir", MNIST_DIR, "--checkpoint-dir", ck,
@@ -226,18 +227,21 @@ def test_smoke_pipeline_two_seeds_end_to_end(tmp_path, data_dir):
     assert "n = 2" in report and "|Δ| > 2·se" in report
     assert "# Deployed: does pruning make the network faster or smaller?" in report
 
-    # a second run trains nothing: no summary, trajectory or trained checkpoint is rewritten
-    stamps, files = _stamps(res), _files(res, ck)
+    # a second run trains, scores, times and draws nothing: no file under checkpoints/, results/
+    # (logs aside) or plots/ is rewritten
+    stamps, files = _stamps(res), _files(res, ck, plots)
     t0 = time.perf_counter()
-    # (plots and report read results only, so the second run leaves them out)
-    second = run_script("run_all.py", *args, "--jobs", 2, "--skip", "plot_results", "make_report", timeout=600)
+    second = run_script("run_all.py", *args, "--jobs", 2, timeout=600)
     second_s = time.perf_counter() - t0
     progress = _progress(second.stdout)
-    assert len(progress) == 2 * (len(TRAINING) + 2)
+    assert len(progress) == 2 * (len(TRAINING) + 2) + 2  # robustness, deploy; plots, report
     for (step, seed), counts in progress.items():
-        if step != "robustness":  # (evaluate only: no runs of its own)
+        if step not in ("robustness", "plot_results", "make_report"):  # (no runs of their own)
             assert counts[0] == 0 and counts[1] > 0, (step, seed, counts)
-    assert _stamps(res) == stamps and _files(res, ck) == files
+    after = _files(res, ck, plots)
+    changed = sorted(str(p) for p in set(files) | set(after) if files.get(p) != after.get(p))
+    assert not changed, "rewritten by the rerun:\n" + "\n".join(changed)
+    assert "up to date" in (res / "logs" / "make_report.log").read_text()
     # only start-up and skip checks (a wall-clock bound: CPU load from other processes makes a
     # ratio to the first run unreliable)
     assert second_s < 200, (second_s, first_s)

@@ -8,10 +8,14 @@ class UserError(Exception):
 
 
 def cli_main(main):
-    """Wrap an entry script's main(): a UserError ends the process with one line and exit 2."""
+    """Wrap an entry script's main(): a UserError ends the process with one line and exit 2.
+    Called without argv (from the command line), the process may restart itself (utils/pace.py)."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        if argv is None:  # the process runs this script from its command line
+            from utils.pace import allow_restart
+            allow_restart()
         try:
             return main(argv)
         except UserError as e:

@@ -9,6 +9,7 @@ ties by position, the lowest scores, or the highest for GraSP (Wang et al.'s con
 for the `invert` ablation of the others.
 """
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -19,10 +20,10 @@ from models import classifier_weight_name, get_model, model_from_checkpoint, pru
 from models.resnet import Normalize
 from utils.errors import UserError
 from utils.experiment import pct_name
-from utils.io import load_csv, load_torch, save_csv, save_json
+from utils.io import load_csv, load_json, load_torch, save_csv, save_json, save_torch
 from utils.lottery import reinitialised, write_mask
-from utils.pruning import (apply_mask, global_count_mask, global_score_mask, mask_facts, num_to_prune,
-                           sparsity_report)
+from utils.pruning import (ScoreChoice, apply_mask, chosen_by_score, global_count_mask, global_score_mask, mask_facts,
+                           num_to_prune, sparsity_report)
 from utils.train import (SummaryFields, checkpoint, cpu_generator, plan_run, seeded, strict_fp32,
                          train_run)
 
@@ -261,6 +262,115 @@ def start_model(init_ckpt, mask, ablation, seed, device):
 
 
 # ---------------------------------------------------------------------------------------------
+# The scores, computed once per settings and kept.
+
+class MethodScores:
+    """One method's masks for every (ablation, sparsity), from scores computed at most once.
+
+    What a mask comes from is kept in checkpoints/<run>/<method>/: `scores.pt` (name -> score; for
+    SynFlow the last round's scores at the highest sparsity computed, original direction),
+    `masks.pt` (SynFlow only: its iterative masks per sparsity and direction) and `scores.json`
+    (the settings they depend on, and the seconds each took). A rerun with the same settings reads
+    them instead of scoring again (recomputed scores can differ in the last fp32 bits with another
+    thread count and flip near-ties); other settings, or `force`, score afresh. Nothing is
+    computed until a run asks for a mask.
+    """
+
+    def __init__(self, folder, method, settings, init_model, batch, seed, iterations, force=False,
+                 score_batch_size=None):
+        self.folder, self.method, self.settings = Path(folder), method, settings
+        self.init_model, self.batch, self.seed, self.iterations = init_model, batch, seed, iterations
+        self.score_batch_size = score_batch_size
+        self.meta_path = self.folder / "scores.json"
+        meta = load_json(self.meta_path, fix=f"delete {self.meta_path} to score again") \
+            if self.meta_path.is_file() and not force else None
+        self.valid = meta is not None and meta.get("settings") == settings
+        self.seconds = dict(meta["seconds"]) if self.valid else {}
+        # chosen_by_score of each mask (per sparsity and direction), kept beside the seconds
+        self.shares = dict(meta.get("chosen_by_score") or {}) if self.valid else {}
+        self.scores = self.masks = None
+
+    def _key(self, sparsity, invert):
+        return pct_name(sparsity, "sparsity") + ("_invert" if invert else "")
+
+    def score_seconds(self, ablation, sparsity):
+        """Seconds the scores (SynFlow: the rounds for this sparsity and direction) took; None
+        if they were never computed with these settings."""
+        if self.method != "synflow":
+            return self.seconds.get("scores")
+        return self.seconds.get(self._key(sparsity, ablation == "invert"))
+
+    def chosen(self, ablation, sparsity):
+        """The mask's chosen_by_score (utils.pruning): the share of removed weights the score
+        decided; shuffle and reinit carry the original's, whose per-layer counts they keep. None
+        until the mask was made with these settings."""
+        return self.shares.get(self._key(sparsity, ablation == "invert"))
+
+    def _save_meta(self):
+        save_json({"settings": self.settings, "seconds": self.seconds, "chosen_by_score": self.shares},
+                  self.meta_path)
+        self.valid = True
+
+    def _start_over(self):
+        """Other settings than the kept files': they no longer describe what is computed now."""
+        if not self.valid:
+            self.meta_path.unlink(missing_ok=True)
+            self.seconds, self.shares = {}, {}
+
+    def _one_shot_scores(self):
+        if self.scores is None:
+            path = self.folder / "scores.pt"
+            if self.valid and "scores" in self.seconds and path.is_file():
+                self.scores = load_torch(path, fix=f"delete {path} to score again")
+            else:
+                self._start_over()
+                t0 = time.perf_counter()
+                batch = self.batch() if self.method in ("snip", "grasp") else None
+                self.scores = one_shot_scores(self.method, self.init_model, batch, self.seed, self.score_batch_size)
+                self.seconds["scores"] = time.perf_counter() - t0
+                save_torch(self.scores, path)
+                self._save_meta()
+        return self.scores
+
+    def _synflow_mask(self, sparsity, invert):
+        path = self.folder / "masks.pt"
+        if self.masks is None:
+            self.masks = load_torch(path, fix=f"delete {path} to score again") \
+                if self.valid and path.is_file() else {}
+        key = self._key(sparsity, invert)
+        if key not in self.masks or key not in self.seconds:
+            self._start_over()
+            t0, choice = time.perf_counter(), ScoreChoice()
+            mask, scores = synflow_mask(self.init_model, sparsity, self.iterations, invert=invert, choice=choice)
+            self.seconds[key] = time.perf_counter() - t0
+            self.shares[key] = choice.share
+            self.masks[key] = {n: m.bool() for n, m in mask.items()}
+            save_torch(self.masks, path)
+            highest = max((k for k in self.masks if not k.endswith("_invert")), key=lambda k: float(k.split("_")[1]))
+            if key == highest:
+                save_torch(scores, self.folder / "scores.pt")
+            self._save_meta()
+        return {n: m.float() for n, m in self.masks[key].items()}
+
+    def mask(self, ablation, sparsity):
+        """The mask of (`ablation`, `sparsity`): the method's own (original, reinit), each layer
+        shuffled, or the other end pruned (invert; SynFlow: in every round)."""
+        invert = ablation == "invert"
+        if self.method == "synflow":
+            mask = self._synflow_mask(sparsity, invert)
+        else:
+            scores = self._one_shot_scores()
+            mask = one_shot_mask(self.method, scores, sparsity, invert=invert)
+            key = self._key(sparsity, invert)
+            if key not in self.shares:
+                self.shares[key] = chosen_by_score(scores, mask, prune_highest=prunes_highest(self.method, invert))
+                self._save_meta()
+        if ablation == "shuffle":
+            return shuffled(mask, shuffle_generator(self.seed, self.method, sparsity))
+        return mask
+
+
+# ---------------------------------------------------------------------------------------------
 # One subnetwork's run and the summary table.
 
 def run_folder(run_name, method, ablation, sparsity):
@@ -271,45 +381,60 @@ def run_config(config, method, ablation, sparsity):
     return dict(config, method=method, ablation=ablation, sparsity=sparsity)
 
 
-def train_subnetwork(setup, *, run_name, method, ablation, sparsity, mask, model, arch, config,
-                     score_seconds, chosen_by_score=None, checkpoint_extra=None):
-    """Train one masked subnetwork in its folders; return its summary.csv row.
+def subnetwork_plan(setup, run_name, method, ablation, sparsity, config):
+    """(plan_run's Plan, whether the run needs its mask made): a finished run, or an interrupted
+    one whose mask.pt is there, keeps the mask it started with."""
+    folder = run_folder(run_name, method, ablation, sparsity)
+    plan = plan_run(setup.checkpoint_dir / folder, setup.results_dir / folder,
+                    run_config(config, method, ablation, sparsity), RUN_OUTPUTS, setup.run.force)
+    keeps_mask = plan.action in ("skip", "resume") and (setup.checkpoint_dir / folder / "mask.pt").is_file()
+    return plan, not keeps_mask
+
+
+def train_subnetwork(setup, *, run_name, method, ablation, sparsity, make_mask, init_ckpt, arch, config,
+                     share=lambda: None, checkpoint_extra=None):
+    """Train one masked subnetwork in its folders; return its summary.csv row (bar score_seconds).
 
     summary.json records the mask's `collapsed_layers`, `classifier_collapsed` and
     `chosen_by_score` (utils.pruning); the row joins the empty layers' names with ";".
 
     checkpoints/<run>/<method>/<ablation>/sparsity_<s>/{mask.pt,start.pt,final.pt},
     results/<run>/…/{trajectory.csv,summary.json,sparsity_report.json}. A finished run is
-    skipped and an interrupted one resumes with the mask.pt it started with (`plan_run` decides).
+    skipped and an interrupted one resumes with the mask.pt it started with (`plan_run` decides);
+    `make_mask()` is called only for a run that starts, so a rerun computes no score;
+    `share()` gives the mask's chosen_by_score (None when unknown).
     """
     folder = run_folder(run_name, method, ablation, sparsity)
-    classifier = classifier_weight_name(model)
+    classifier = classifier_weight_name(model_from_checkpoint(init_ckpt, "cpu"))
     ckpt_dir, results_dir = setup.checkpoint_dir / folder, setup.results_dir / folder
+    plan, needs_mask = subnetwork_plan(setup, run_name, method, ablation, sparsity, config)
     config = run_config(config, method, ablation, sparsity)
-    plan = plan_run(ckpt_dir, results_dir, config, RUN_OUTPUTS, setup.run.force)
     mask_path = ckpt_dir / "mask.pt"
-    if plan.action in ("skip", "resume") and mask_path.is_file():
+    if not needs_mask:
         # The run keeps the mask it started with. Its inputs are pinned by the config (init
         # fingerprint, score settings, data); SNIP/GraSP scores recomputed with another thread
         # count can differ in the last fp32 bits and flip near-ties, which must not stop a rerun.
         mask = load_torch(mask_path, "delete it, or rerun with --force to redo this run")
     else:
+        mask = make_mask()
         write_mask(mask_path, mask, force=True)
+    chosen = share()  # known once the mask is (a finished run keeps its own, below)
     epochs = setup.hp.epochs
+    model = None if plan.skip else start_model(init_ckpt, mask, ablation, setup.run.seed, setup.device)
     summary = train_run(
         model, setup.train, setup.test, setup.hp, arch=arch, config=config, ckpt_dir=ckpt_dir,
         results_dir=results_dir, seed=setup.run.seed, force=plan.fresh, outputs=RUN_OUTPUTS,
         save_as=[(0, "start.pt"), (epochs, "final.pt")], mask=mask, checkpoint_extra=checkpoint_extra,
         desc=f"{method} {ablation} {100 * sparsity:g}%",
-        callbacks=[SummaryFields(chosen_by_score=chosen_by_score)], **setup.train_kwargs())
+        callbacks=[SummaryFields(chosen_by_score=chosen)], **setup.train_kwargs())
     report = sparsity_report(mask)
     facts = mask_facts(mask, classifier)  # of the mask the run trained with
-    chosen = summary.get("chosen_by_score", chosen_by_score)  # a finished run keeps its own
+    chosen = summary.get("chosen_by_score", chosen)  # a finished run keeps its own
     save_json(report, results_dir / "sparsity_report.json")
     return {"method": method, "ablation": ablation, "sparsity": sparsity,
             "start_acc": summary["start_test_acc"], "final_acc": summary["test_acc"],
             "zeros": report["overall"]["zeros"], "prunable": report["overall"]["total"],
-            "epochs": summary["epochs"], "score_seconds": score_seconds,
+            "epochs": summary["epochs"],
             "collapsed_layers": ";".join(facts["collapsed_layers"]),
             "classifier_collapsed": facts["classifier_collapsed"],
             "chosen_by_score": "" if chosen is None else chosen}

@@ -11,10 +11,12 @@ again with the same command ends with the same weights and the same CSV (bar `se
 `train_run` is the loop; everything else plugs in as a small callback object (`Callback`): what
 to save when (`SaveCheckpoints`), the BatchNorm γ history (`BNHistory`), extra trajectory
 columns (`WeightDistance`, `DistanceFromEpoch1`, `ExtraMetrics`), batch perturbation for adversarial training
-(`Perturb`). A callback may implement any of:
+(`Perturb`), and on a CPU the restart with passive OpenMP waiting when the machine becomes busy
+(`utils.pace.PaceGuard`). A callback may implement any of:
 
     columns(run) -> dict       extra trajectory columns of the row being recorded
     on_row(run)                after each row is recorded (epoch 0 and after every epoch)
+    on_saved(run)              after each epoch's resume.pt is written (a restart resumes here)
     perturb(model, x, y) -> x  replaces each training batch
     outputs                    files under ckpt_dir a finished run must have
     summary(run) -> dict       extra summary.json entries (e.g. `SummaryFields`)
@@ -382,6 +384,9 @@ class Callback:
     def summary(self, run):
         return {}
 
+    def on_saved(self, run):
+        pass
+
     def state_dict(self):
         return None
 
@@ -586,6 +591,9 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
     run = Run(model, arch, config, ckpt_dir, results_dir,
               checkpoint_extra={k: v for k, v in dict(checkpoint_extra or {}, mask=mask).items() if v is not None})
     perturb_batch = _perturbation(callbacks)
+    from utils.pace import PaceGuard  # (it builds on Callback, defined here)
+    if PaceGuard.wanted(device, torch.get_num_threads()):
+        callbacks.append(PaceGuard(torch.get_num_threads(), desc))
     forward = compiled_forward(model, device) if compile_ else model
 
     def record(lr, seconds_start, train_metrics=None):
@@ -638,6 +646,8 @@ def train_run(model, train, test, hp, *, arch, config, ckpt_dir, results_dir, se
                  "rows": run.rows, "config": config,
                  "callbacks": {i: s for i, c in enumerate(callbacks) if (s := c.state_dict()) is not None}}
         save_torch(state, resume_path)
+        for c in callbacks:
+            c.on_saved(run)
         bar.set_postfix(loss=f"{run.rows[-1]['train_loss']:.3f}", test_acc=f"{run.rows[-1]['test_acc']:.2f}")
     bar.close()
 
