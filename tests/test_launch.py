@@ -267,7 +267,7 @@ def test_slurm_submission_scripts(tmp_path):
            "--seeds", "0", "1", "--results-dir", str(res), "--checkpoint-dir", str(tmp_path / "ck"),
            "--slurm-partition", "gpu", "--slurm-gpus-per-job", "2", "--slurm-time", "90",
            "--slurm-array-parallelism", "3", "--skip", "three_regime", "prune_at_init", "ticket_transfer",
-           "earlycrop", "robustness"]
+           "earlycrop", "robustness", "deploy"]
     proc = __import__("subprocess").run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=run_all.REPO)
     assert proc.returncode == 0, proc.stderr
     jobs = _submitted(proc.stdout)

@@ -97,12 +97,30 @@ def claims(res):
         else:
             c = threshold(_values(res, r, "pgd_acc"), _values(res, dense, "pgd_acc"), MATCH_POINTS)
             verdicts[training].append(verdict_of(c))
-        said = c.says("more robust", "less robust") if training == "natural" else within_says(c)
-        parts[training].append(f"{r['model']} ({r.get('arch')}) vs dense: {said}")
+        word = c.word("more robust", "less robust") if training == "natural" else \
+            c.word(f"within {MATCH_POINTS:g} point", f"more than {MATCH_POINTS:g} point below")
+        parts[training].append((f"{r['model']} ({r.get('arch')})", word, c))
     out = []
     for training, claim, source in (("natural", robust, sources[0]), ("pgd", keeps, sources[1])):
         if parts[training]:
-            out.append(Claim(claim, source, "; ".join(parts[training]), combined(verdicts[training])))
+            out.append(Claim(claim, source, _summary(parts[training]), combined(verdicts[training])))
         else:
             out.append(not_run(claim, source, f"python robustness.py with {training} training and a dense network"))
     return out
+
+
+def _summary(parts):
+    """One cell for many networks: how many fall under each verdict word, and the networks with the
+    largest and the smallest difference (every network's numbers are in the robustness table)."""
+    words = {}
+    for _, word, _ in parts:
+        words[word] = words.get(word, 0) + 1
+    text = (f"{len(parts)} pruned network{'s' * (len(parts) != 1)} vs their dense one, PGD accuracy: "
+            + ", ".join(f"{n} {w}" for w, n in words.items()))
+    known = [p for p in parts if p[2].n]
+    if known:
+        low, high = min(known, key=lambda p: p[2].diff), max(known, key=lambda p: p[2].diff)
+        text += f"; largest {high[0]}: {high[2].delta()}"
+        if low is not high:
+            text += f"; smallest {low[0]}: {low[2].delta()}"
+    return text
